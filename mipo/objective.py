@@ -1,0 +1,289 @@
+r"""The MI-DPO objective with named slots.
+
+$$ J = \frac{1}{B}\sum_i c_i\Big[\ell\big(\beta[r(y_w) - r(y_l)] - m,\ \beta\big)
+       + \sum_k \gamma_k\,T_k\Big], \qquad
+   r(y) = \sum_t w_t\,l_t(y) + o(y), $$
+
+where the prior gives $l_t$ and $o$ (``S_pi - log zeta`` split into a weighted
+token part and a sequence part), the weighter $w_t$, the margin $m$, the link
+$\ell$, the extra terms $T_k$ with weights $\gamma_k$, and $c_i$ are optional
+per-example weights. With the reference prior, sum weighter, no margin and the
+log-sigmoid link it is DPO; in general it is
+$-\log\sigma(\alpha[\log\pi(y_w) - \log\zeta(y_w)] - \alpha[\log\pi(y_l) - \log\zeta(y_l)])$
+of Tutnov, Grosnit, Bou-Ammar (arXiv 2501.01544) with ``beta`` $=\alpha$.
+"""
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import final
+
+import torch
+from torch import Tensor
+
+from mipo.batch import PairBatch, Side
+from mipo.errors import BatchError, CompositionError, NonFiniteLossError
+from mipo.needs import Need
+from mipo.primitives.link import AbstractLink, LogSigmoidLink
+from mipo.primitives.margin import AbstractMargin, NoMargin
+from mipo.primitives.prior import AbstractPrior, ReferencePrior
+from mipo.primitives.terms import AbstractTerm
+from mipo.primitives.weighter import AbstractTokenWeighter, SumOverResponse
+from mipo.typing import PerPair, Scalar
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Term:
+    """A named extra term outside the link, with its weight.
+
+    Args:
+        name: logged as ``terms/<name>``; lower-case letters, digits, underscores.
+        term: the term primitive.
+        weight: its coefficient in the loss.
+    """
+
+    name: str
+    term: AbstractTerm
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not set(self.name) <= _NAME_CHARS:
+            raise CompositionError(
+                f"Term: name {self.name!r} must be non-empty lower-case letters, digits "
+                f"or underscores"
+            )
+        if not isinstance(self.term, AbstractTerm):
+            raise CompositionError(f"Term {self.name!r}: {self.term!r} is not a term")
+        if not math.isfinite(self.weight):
+            raise CompositionError(f"Term {self.name!r}: weight must be finite")
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LossOutput:
+    """What an objective returns.
+
+    Args:
+        loss: the scalar to back-propagate.
+        per_pair: each pair's loss (link plus weighted terms), before the
+            per-example weights and the batch mean.
+        logits: the pre-link logit z of each pair (live).
+        chosen_rewards: beta * r(y_w), detached (TRL's ``rewards/chosen``).
+        rejected_rewards: beta * r(y_l), detached.
+        metrics: detached scalars under TRL's names plus ``terms/<name>``.
+    """
+
+    loss: Scalar
+    per_pair: PerPair
+    logits: PerPair
+    chosen_rewards: PerPair
+    rejected_rewards: PerPair
+    metrics: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+_SLOTS: tuple[tuple[str, type], ...] = (
+    ("prior", AbstractPrior),
+    ("weighter", AbstractTokenWeighter),
+    ("margin", AbstractMargin),
+    ("link", AbstractLink),
+)
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Objective:
+    """A preference objective assembled from primitives.
+
+    Args:
+        prior: zeta; what l_t is measured against (default: the reference, DPO).
+        weighter: token weights w_t (default: sum over response tokens).
+        margin: offset m inside the link (default: none).
+        link: the per-pair loss of z (default: -log sigmoid).
+        beta: the scale (MI-DPO's alpha, DPO's beta), > 0.
+        terms: named extra terms outside the link.
+        check_finite: raise :class:`~mipo.errors.NonFiniteLossError` when the loss
+            is NaN or infinite, naming the part that is (one host sync per call).
+
+    Example:
+        >>> import torch
+        >>> from mipo import Objective, PairBatch, Side
+        >>> mask = torch.tensor([[False, True, True]])
+        >>> side = lambda p, r: Side(policy_logps=torch.tensor([p]),
+        ...                          reference_logps=torch.tensor([r]), response_mask=mask)
+        >>> batch = PairBatch(chosen=side([0.0, -1.0, -1.0], [0.0, -2.0, -1.0]),
+        ...                   rejected=side([0.0, -2.0, -1.0], [0.0, -1.0, -1.0]))
+        >>> out = Objective(beta=0.5)(batch)   # DPO: h = 1 - (-1) = 2, z = 1
+        >>> round(out.loss.item(), 6)           # softplus(-1)
+        0.313262
+    """
+
+    prior: AbstractPrior = ReferencePrior()
+    weighter: AbstractTokenWeighter = SumOverResponse()
+    margin: AbstractMargin = NoMargin()
+    link: AbstractLink = LogSigmoidLink()
+    beta: float = 0.1
+    terms: tuple[Term, ...] = ()
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        for slot, kind in _SLOTS:
+            value = getattr(self, slot)
+            if not isinstance(value, kind):
+                raise CompositionError(
+                    f"Objective.{slot}: expected a {kind.__name__}, got {value!r}"
+                )
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise CompositionError(
+                f"Objective.beta: must be finite and > 0, got {self.beta}"
+            )
+        names = [term.name for term in self.terms]
+        for term in self.terms:
+            if not isinstance(term, Term):
+                raise CompositionError(f"Objective.terms: {term!r} is not a mipo.Term")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise CompositionError(f"Objective.terms: duplicate names {duplicates}")
+
+    @property
+    def active_terms(self) -> tuple[Term, ...]:
+        """The terms with a non-zero weight. A zero-weight term is the neutral
+        element: it is neither computed nor logged, and its needs are not asked for
+        (so ``gamma=0`` switches off TI-DPO's anchor generation)."""
+        return tuple(term for term in self.terms if term.weight != 0.0)
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """Union of what every part reads: the trainer computes exactly these."""
+        parts = [self.prior, self.weighter, self.margin, self.link]
+        parts += [term.term for term in self.active_terms]
+        return frozenset().union(*(part.needs for part in parts))
+
+    def check(self, batch: PairBatch) -> None:
+        """Raise :class:`~mipo.errors.BatchError` naming the first needed field that
+        ``batch`` lacks."""
+        for need in sorted(self.needs, key=lambda n: n.value):
+            if need.batch_level:
+                if getattr(batch, need.value) is None:
+                    raise BatchError(
+                        f"{need.value}: the objective needs it ({self._owners(need)}) "
+                        f"but the batch has none"
+                    )
+                continue
+            for role in ("chosen", "rejected"):
+                if getattr(getattr(batch, role), need.value) is None:
+                    raise BatchError(
+                        f"{role}.{need.value}: the objective needs it "
+                        f"({self._owners(need)}) but the batch has none"
+                    )
+
+    def _owners(self, need: Need) -> str:
+        parts = {"prior": self.prior, "weighter": self.weighter, "margin": self.margin}
+        parts |= {f"terms[{t.name}]": t.term for t in self.active_terms}
+        return ", ".join(
+            f"{slot}={type(p).__name__}" for slot, p in parts.items() if need in p.needs
+        )
+
+    def __call__(self, batch: PairBatch) -> LossOutput:
+        """Compute the loss, per-pair values and metrics for one micro-batch."""
+        self.check(batch)
+        batch = _upcast(batch)
+        chosen_prior, rejected_prior = self.prior(batch)
+        chosen_weights, rejected_weights = self.weighter(batch)
+        chosen_reward = (
+            batch.chosen.masked_sum(chosen_weights * chosen_prior.token_log_ratio)
+            + chosen_prior.offset
+        )
+        rejected_reward = (
+            batch.rejected.masked_sum(rejected_weights * rejected_prior.token_log_ratio)
+            + rejected_prior.offset
+        )
+        logits = self.beta * (chosen_reward - rejected_reward) - self.margin(batch)
+        link_loss = self.link(logits, beta=self.beta)
+        per_pair = link_loss
+        term_values: dict[str, Tensor] = {}
+        for term in self.active_terms:
+            value = term.term(batch)
+            term_values[term.name] = value
+            per_pair = per_pair + term.weight * value
+        if batch.example_weights is None:
+            loss = per_pair.mean()
+        else:
+            loss = (batch.example_weights * per_pair).mean()
+        if self.check_finite and not bool(torch.isfinite(loss)):
+            _raise_non_finite(link_loss, term_values)
+        chosen_rewards = (self.beta * chosen_reward).detach()
+        rejected_rewards = (self.beta * rejected_reward).detach()
+        metrics = _metrics(batch, chosen_rewards, rejected_rewards, loss, term_values)
+        return LossOutput(
+            loss=loss,
+            per_pair=per_pair,
+            logits=logits,
+            chosen_rewards=chosen_rewards,
+            rejected_rewards=rejected_rewards,
+            metrics=metrics,
+        )
+
+
+def _upcast(batch: PairBatch) -> PairBatch:
+    """Loss maths in float32 at least (float64 stays float64)."""
+    dtype = batch.chosen.policy_logps.dtype
+    if dtype in (torch.float32, torch.float64):
+        return batch
+    return dataclasses.replace(
+        batch,
+        chosen=_side_to(batch.chosen, torch.float32),
+        rejected=_side_to(batch.rejected, torch.float32),
+        anchor=None if batch.anchor is None else _side_to(batch.anchor, torch.float32),
+        example_weights=None
+        if batch.example_weights is None
+        else batch.example_weights.float(),
+    )
+
+
+def _side_to(side: Side, dtype: torch.dtype) -> Side:
+    changes = {}
+    for name in (f.name for f in dataclasses.fields(side)):
+        value = getattr(side, name)
+        if isinstance(value, Tensor) and value.is_floating_point():
+            changes[name] = value.to(dtype)
+    return dataclasses.replace(side, **changes)
+
+
+def _raise_non_finite(link_loss: PerPair, term_values: Mapping[str, Tensor]) -> None:
+    parts = {"link": link_loss, **{f"terms/{k}": v for k, v in term_values.items()}}
+    bad = [
+        f"{name} (pairs {(~torch.isfinite(v)).nonzero().flatten().tolist()})"
+        for name, v in parts.items()
+        if not bool(torch.isfinite(v).all())
+    ]
+    where = ", ".join(bad) if bad else "per-example weighting"
+    raise NonFiniteLossError(f"non-finite loss from {where}")
+
+
+def _metrics(
+    batch: PairBatch,
+    chosen_rewards: PerPair,
+    rejected_rewards: PerPair,
+    loss: Scalar,
+    term_values: Mapping[str, Tensor],
+) -> dict[str, Tensor]:
+    chosen, rejected = batch.chosen, batch.rejected
+    metrics = {
+        "loss": loss.detach(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": chosen.masked_sum(chosen.policy_logps).detach().mean(),
+        "logps/rejected": rejected.masked_sum(rejected.policy_logps).detach().mean(),
+    }
+    for name, value in term_values.items():
+        metrics[f"terms/{name}"] = value.detach().mean()
+    return metrics
+
+
+__all__ = ["LossOutput", "Objective", "Term"]

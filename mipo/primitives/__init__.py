@@ -1,0 +1,37 @@
+"""Typed primitives, one family per module: priors, weighters, margins, links, terms."""
+
+from mipo.primitives.link import AbstractLink as AbstractLink
+from mipo.primitives.link import HingeLink as HingeLink
+from mipo.primitives.link import IPOLink as IPOLink
+from mipo.primitives.link import LabelSmoothedLink as LabelSmoothedLink
+from mipo.primitives.link import LogSigmoidLink as LogSigmoidLink
+from mipo.primitives.link import RobustLink as RobustLink
+from mipo.primitives.margin import AbstractMargin as AbstractMargin
+from mipo.primitives.margin import ConstantMargin as ConstantMargin
+from mipo.primitives.margin import LengthDifferenceMargin as LengthDifferenceMargin
+from mipo.primitives.margin import NoMargin as NoMargin
+from mipo.primitives.margin import SumMargin as SumMargin
+from mipo.primitives.prior import AbstractPrior as AbstractPrior
+from mipo.primitives.prior import AbstractPriorFactor as AbstractPriorFactor
+from mipo.primitives.prior import AbstractSequencePrior as AbstractSequencePrior
+from mipo.primitives.prior import BatchPrior as BatchPrior
+from mipo.primitives.prior import GeometricMeanPrior as GeometricMeanPrior
+from mipo.primitives.prior import LengthPenalty as LengthPenalty
+from mipo.primitives.prior import PriorTerms as PriorTerms
+from mipo.primitives.prior import ProductPrior as ProductPrior
+from mipo.primitives.prior import ReferencePrior as ReferencePrior
+from mipo.primitives.prior import SequentialKLPenalty as SequentialKLPenalty
+from mipo.primitives.prior import TemperedReferencePrior as TemperedReferencePrior
+from mipo.primitives.prior import TokenInterpolationPrior as TokenInterpolationPrior
+from mipo.primitives.prior import UniformPrior as UniformPrior
+from mipo.primitives.terms import AbstractTerm as AbstractTerm
+from mipo.primitives.terms import ChosenNLL as ChosenNLL
+from mipo.primitives.terms import MaskL1 as MaskL1
+from mipo.primitives.weighter import (
+    AbstractSequenceWeighter as AbstractSequenceWeighter,
+)
+from mipo.primitives.weighter import AbstractTokenWeighter as AbstractTokenWeighter
+from mipo.primitives.weighter import BatchTokenWeights as BatchTokenWeights
+from mipo.primitives.weighter import MeanOverResponse as MeanOverResponse
+from mipo.primitives.weighter import ProductWeighter as ProductWeighter
+from mipo.primitives.weighter import SumOverResponse as SumOverResponse

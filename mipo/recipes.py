@@ -1,0 +1,112 @@
+"""Load recipes by path (importlib, never exec) and discover the shipped ones.
+
+A recipe is a Python file with a docstring, a ``make_objective(**kwargs)``
+factory, ``objective = make_objective()`` and ``train = TrainConfig(...)``.
+"""
+
+import hashlib
+import importlib.util
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, final
+
+from mipo.config import TrainConfig
+from mipo.objective import Objective
+
+
+@final
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """A loaded recipe file.
+
+    Args:
+        name: the file stem (``ti_dpo``).
+        path: the file.
+        module: the imported module.
+    """
+
+    name: str
+    path: Path
+    module: ModuleType
+
+    @property
+    def make_objective(self) -> Callable[..., Objective]:
+        """The recipe's factory."""
+        return self.module.make_objective
+
+    @property
+    def objective(self) -> Objective:
+        """The objective at the recipe's defaults."""
+        return self.module.objective
+
+    @property
+    def train(self) -> TrainConfig:
+        """The recipe's training defaults."""
+        return self.module.train
+
+    @property
+    def doc(self) -> str:
+        """The recipe's module docstring."""
+        return inspect.getdoc(self.module) or ""
+
+    def factory_defaults(self) -> dict[str, Any]:
+        """Keyword defaults of ``make_objective``."""
+        signature = inspect.signature(self.make_objective)
+        return {
+            name: p.default
+            for name, p in signature.parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+
+def recipes_dir() -> Path:
+    """Where the shipped recipes live: ``recipes/`` beside the package in a source
+    checkout, ``mipo/_recipes`` in an installed wheel."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "recipes", package / "_recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no recipes directory beside {package}")
+
+
+def load_recipe(path_or_name: str | Path) -> Recipe:
+    """Import a recipe from a file path, or a shipped recipe by bare name."""
+    path = Path(path_or_name)
+    if path.suffix != ".py":
+        path = recipes_dir() / f"{path_or_name}.py"
+    if not path.is_file():
+        known = ", ".join(r.name for r in discover())
+        raise FileNotFoundError(
+            f"recipe {path_or_name!r} not found; shipped recipes: {known}"
+        )
+    path = path.resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    spec = importlib.util.spec_from_file_location(
+        f"mipo_recipe_{path.stem}_{digest}", path
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path}: cannot import")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for attribute, kind in (("objective", Objective), ("train", TrainConfig)):
+        if not isinstance(getattr(module, attribute, None), kind):
+            raise TypeError(f"{path}: must define `{attribute}` as a {kind.__name__}")
+    if not callable(getattr(module, "make_objective", None)):
+        raise TypeError(f"{path}: must define a make_objective(...) factory")
+    return Recipe(name=path.stem, path=path, module=module)
+
+
+def discover(directory: Path | None = None) -> list[Recipe]:
+    """Every recipe in ``directory`` (default: the shipped ones), sorted by name."""
+    directory = recipes_dir() if directory is None else directory
+    return [
+        load_recipe(path)
+        for path in sorted(directory.glob("*.py"))
+        if not path.name.startswith("_")
+    ]
+
+
+__all__ = ["Recipe", "discover", "load_recipe", "recipes_dir"]

@@ -8,17 +8,22 @@ stop-gradient); ``alpha_tis=0`` (default, the code's token_level=false) drops it
 
 Prior: the token-interpolation prior prod_t pi_theta^(1-w_t) pi_ref^(w_t)
 (class G), times exp(+alpha_tis K_w(y)) -- note the orientation is opposite to
-TDPO's. Weighter: sum. Link: -log sigmoid. Weights come from the dataset's
-weight columns (chosen weights sign-flipped at estimation; EOS weight 0 in the
-authors' code, methods.md 8.4).
+TDPO's. Weighter: sum. Link: -log sigmoid. Weights w = transform(scores) per
+response, from the dataset's weight columns (``python -m mipo.weights estimate``
+writes oriented raw scores: chosen log p+ - log p-, rejected sign-flipped).
+The default transform is the identity (columns are final weights); the authors'
+README trains with ``transform=RankTransform()`` (weights in [0.7, 1.3]) and
+gives the EOS weight 0 (``eos_weight=0.0``, methods.md 8.4).
 """
 
 from mipo import Objective, TrainConfig
 from mipo.primitives import (
-    BatchTokenWeights,
+    AbstractWeightTransform,
+    IdentityTransform,
     ProductPrior,
     SequentialKLPenalty,
     TokenInterpolationPrior,
+    TransformedWeights,
 )
 
 
@@ -26,8 +31,10 @@ def make_objective(
     *,
     beta: float = 0.1,  # config/loss/tisdpo.yaml
     alpha_tis: float = 0.0,  # token_level=false; config alpha 0.5 applies with token_level=true
+    transform: AbstractWeightTransform = IdentityTransform(),  # README: RankTransform()
+    eos_weight: float | None = None,  # authors' code: 0.0 (EOS excluded from the loss)
 ) -> Objective:
-    weights = BatchTokenWeights(field="token_weights")
+    weights = TransformedWeights(transform=transform, eos_weight=eos_weight)
     kl = SequentialKLPenalty(kappa=-alpha_tis, direction="reverse", weights=weights)
     return Objective(
         prior=ProductPrior(

@@ -35,3 +35,12 @@ from mipo.primitives.weighter import BatchTokenWeights as BatchTokenWeights
 from mipo.primitives.weighter import MeanOverResponse as MeanOverResponse
 from mipo.primitives.weighter import ProductWeighter as ProductWeighter
 from mipo.primitives.weighter import SumOverResponse as SumOverResponse
+from mipo.primitives.transforms import AbstractWeightTransform as AbstractWeightTransform
+from mipo.primitives.transforms import ExponentialTransform as ExponentialTransform
+from mipo.primitives.transforms import IdentityTransform as IdentityTransform
+from mipo.primitives.transforms import RankTransform as RankTransform
+from mipo.primitives.transforms import ThresholdScaleTransform as ThresholdScaleTransform
+from mipo.primitives.transforms import ThresholdTransform as ThresholdTransform
+from mipo.primitives.transforms import TopFractionTransform as TopFractionTransform
+from mipo.primitives.transforms import TransformedWeights as TransformedWeights
+from mipo.primitives.transforms import UniformRandomTransform as UniformRandomTransform

@@ -47,6 +47,11 @@ class TrainConfig:
         logging_steps: log metrics every this many optimiser steps.
         save_steps: checkpoint every this many optimiser steps (0: only at the end).
         eval_steps: evaluate every this many optimiser steps (0: only at the end).
+        logps_chunk_size: response rows per chunk of the chunked log-prob path
+            (0: the eager path, which materialises the full logits).
+        eval_max_examples: held-out pairs used by the evaluation (0: all).
+        eval_max_new_tokens: greedy tokens generated per prompt for the gold-reward
+            evaluation of data sets that carry a gold answer.
     """
 
     model: str = "smollm2"
@@ -74,6 +79,9 @@ class TrainConfig:
     logging_steps: int = 1
     save_steps: int = 0
     eval_steps: int = 0
+    logps_chunk_size: int = 256
+    eval_max_examples: int = 64
+    eval_max_new_tokens: int = 12
 
     def __post_init__(self) -> None:
         positive = (
@@ -96,6 +104,9 @@ class TrainConfig:
             "logging_steps",
             "save_steps",
             "eval_steps",
+            "logps_chunk_size",
+            "eval_max_examples",
+            "eval_max_new_tokens",
         )
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -1,5 +1,8 @@
 """Typed primitives, one family per module: priors, weighters, margins, links, terms."""
 
+from mipo.primitives.attribution import (
+    GradientAttributionWeights as GradientAttributionWeights,
+)
 from mipo.primitives.link import AbstractLink as AbstractLink
 from mipo.primitives.link import HingeLink as HingeLink
 from mipo.primitives.link import IPOLink as IPOLink
@@ -27,6 +30,20 @@ from mipo.primitives.prior import UniformPrior as UniformPrior
 from mipo.primitives.terms import AbstractTerm as AbstractTerm
 from mipo.primitives.terms import ChosenNLL as ChosenNLL
 from mipo.primitives.terms import MaskL1 as MaskL1
+from mipo.primitives.transforms import (
+    AbstractWeightTransform as AbstractWeightTransform,
+)
+from mipo.primitives.transforms import ExponentialTransform as ExponentialTransform
+from mipo.primitives.transforms import IdentityTransform as IdentityTransform
+from mipo.primitives.transforms import RankTransform as RankTransform
+from mipo.primitives.transforms import (
+    ThresholdScaleTransform as ThresholdScaleTransform,
+)
+from mipo.primitives.transforms import ThresholdTransform as ThresholdTransform
+from mipo.primitives.transforms import TopFractionTransform as TopFractionTransform
+from mipo.primitives.transforms import TransformedWeights as TransformedWeights
+from mipo.primitives.transforms import UniformRandomTransform as UniformRandomTransform
+from mipo.primitives.triplet import LogRatioTriplet as LogRatioTriplet
 from mipo.primitives.weighter import (
     AbstractSequenceWeighter as AbstractSequenceWeighter,
 )
@@ -35,12 +52,3 @@ from mipo.primitives.weighter import BatchTokenWeights as BatchTokenWeights
 from mipo.primitives.weighter import MeanOverResponse as MeanOverResponse
 from mipo.primitives.weighter import ProductWeighter as ProductWeighter
 from mipo.primitives.weighter import SumOverResponse as SumOverResponse
-from mipo.primitives.transforms import AbstractWeightTransform as AbstractWeightTransform
-from mipo.primitives.transforms import ExponentialTransform as ExponentialTransform
-from mipo.primitives.transforms import IdentityTransform as IdentityTransform
-from mipo.primitives.transforms import RankTransform as RankTransform
-from mipo.primitives.transforms import ThresholdScaleTransform as ThresholdScaleTransform
-from mipo.primitives.transforms import ThresholdTransform as ThresholdTransform
-from mipo.primitives.transforms import TopFractionTransform as TopFractionTransform
-from mipo.primitives.transforms import TransformedWeights as TransformedWeights
-from mipo.primitives.transforms import UniformRandomTransform as UniformRandomTransform

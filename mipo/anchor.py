@@ -1,0 +1,174 @@
+r"""The anchor response of TI-DPO's triplet term, sampled from the policy.
+
+For each prompt $x$ the policy samples $y \sim \pi_\theta(\cdot|x)$ (top-k, top-p,
+temperature), without gradient. The anchor is repacked like a data side:
+prompt + sampled response, right-padded, labels $-100$ on prompt and padding.
+The response ends at its first EOS, which counts as a response token (an EOS
+sampled first is a one-token response); a response that reaches
+``max_new_tokens`` without EOS is kept as sampled.
+
+References:
+    Yang et al., arXiv 2505.19653 v3, Sec. 4.3 (the paper starts the anchor from
+    $y_w$; the released code ``trainers.py`` at ``e04a0926`` samples it from the
+    prompt, which mipo follows; methods.md §11.3 (5), §11.7 item 5).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import final
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from mipo.attribution import eval_mode
+from mipo.data.collate import IGNORE_INDEX, SequenceTensors
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnchorSampling:
+    """How the anchor is sampled (the released code's values; the paper gives none).
+
+    Args:
+        max_new_tokens: longest sampled response, EOS included.
+        top_k: keep the ``top_k`` most likely tokens (0: no top-k filter).
+        top_p: nucleus mass kept, in (0, 1].
+        temperature: softmax temperature, > 0.
+
+    References:
+        TIDPO ``trainers.py`` at ``e04a0926``: ``do_sample``, top-k 50, top-p 0.95,
+        temperature 0.8, ``min(64, max_length - longest prompt)`` new tokens.
+    """
+
+    max_new_tokens: int = 64
+    top_k: int = 50
+    top_p: float = 0.95
+    temperature: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(
+                f"AnchorSampling.max_new_tokens: must be >= 1, got {self.max_new_tokens}"
+            )
+        if self.top_k < 0:
+            raise ValueError(f"AnchorSampling.top_k: must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(
+                f"AnchorSampling.top_p: must be in (0, 1], got {self.top_p}"
+            )
+        if not (math.isfinite(self.temperature) and self.temperature > 0.0):
+            raise ValueError(
+                f"AnchorSampling.temperature: must be finite and > 0, got "
+                f"{self.temperature}"
+            )
+
+
+def generate_anchor(
+    model: nn.Module,
+    prompt_input_ids: Int[Tensor, "batch prompt"],
+    prompt_attention_mask: Int[Tensor, "batch prompt"],
+    *,
+    sampling: AnchorSampling,
+    pad_token_id: int,
+    eos_token_id: int,
+    max_length: int | None = None,
+) -> SequenceTensors:
+    """Sample one anchor response per prompt from the policy, without gradient.
+
+    Args:
+        model: the policy (a Hugging Face causal LM with ``generate``); it samples
+            in eval mode, and every module's mode is restored afterwards.
+        prompt_input_ids: the prompts, **left**-padded.
+        prompt_attention_mask: 1 on prompt tokens, 0 on the left padding.
+        sampling: the sampling settings (the term's ``sampling``).
+        pad_token_id: fills the padding of the returned tensors.
+        eos_token_id: ends a response (and is its last token).
+        max_length: optional cap on prompt + response: at most
+            ``max_length - longest prompt`` new tokens (the released code's rule).
+
+    Returns:
+        Prompt + anchor response per row, right-padded; ``labels`` hold the
+        response ids (EOS included) and -100 on prompt and padding; every row has
+        at least one response token.
+
+    Raises:
+        ValueError: on a prompt without tokens, or when ``max_length`` leaves no
+            room for a new token.
+    """
+    from transformers import GenerationConfig
+
+    lengths = prompt_attention_mask.sum(dim=1)
+    empty = (lengths == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"generate_anchor: prompts {empty} have no token")
+    width = prompt_input_ids.shape[1]
+    new_tokens = sampling.max_new_tokens
+    if max_length is not None:
+        new_tokens = min(new_tokens, max_length - width)
+        if new_tokens < 1:
+            raise ValueError(
+                f"generate_anchor: max_length={max_length} leaves no room after the "
+                f"longest prompt ({width} tokens)"
+            )
+    # A fresh config, so the checkpoint's generation_config.json (its own
+    # temperature, repetition penalty, ...) cannot change the anchor's sampling.
+    config = GenerationConfig(
+        do_sample=True,
+        max_new_tokens=new_tokens,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        temperature=sampling.temperature,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
+    with eval_mode(model), torch.no_grad():
+        generated = model.generate(
+            input_ids=prompt_input_ids,
+            attention_mask=prompt_attention_mask,
+            generation_config=config,
+        )
+    return _repack(
+        prompt_input_ids,
+        prompt_attention_mask,
+        generated[:, width:],
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
+
+
+def _repack(
+    prompt_input_ids: Tensor,
+    prompt_attention_mask: Tensor,
+    sampled: Tensor,
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+) -> SequenceTensors:
+    """Right-padded prompt + response rows; a response runs up to and including
+    its first EOS (the whole sample when it has none)."""
+    rows: list[tuple[Tensor, Tensor]] = []
+    for row in range(sampled.shape[0]):
+        prompt = prompt_input_ids[row][prompt_attention_mask[row].bool()]
+        response = sampled[row]
+        stops = (response == eos_token_id).nonzero().flatten()
+        end = int(stops[0]) + 1 if stops.numel() else response.shape[0]
+        rows.append((prompt, response[:end]))
+    length = max(p.shape[0] + r.shape[0] for p, r in rows)
+    shape = (len(rows), length)
+    device = prompt_input_ids.device
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros(shape, dtype=torch.long, device=device)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long, device=device)
+    for row, (prompt, response) in enumerate(rows):
+        start, end = prompt.shape[0], prompt.shape[0] + response.shape[0]
+        input_ids[row, :start] = prompt
+        input_ids[row, start:end] = response
+        attention_mask[row, :end] = 1
+        labels[row, start:end] = response
+    return SequenceTensors(
+        input_ids=input_ids, attention_mask=attention_mask, labels=labels
+    )
+
+
+__all__ = ["AnchorSampling", "generate_anchor"]

@@ -1,0 +1,300 @@
+"""Dotted command-line overrides for a recipe: ``--train.FIELD=VALUE`` and
+``--objective.NAME=VALUE``.
+
+``--train.*`` keys are the fields of :class:`~mipo.config.TrainConfig`;
+``--objective.*`` keys are the keyword arguments of the recipe's
+``make_objective``. Values are converted to the annotated type (``int``,
+``float``, ``bool``, ``str``, ``Literal[...]``, ``... | None``); a value that does
+not fit, or a key that does not exist, raises one :class:`OverrideError` naming
+the key and what was expected. ``--config FILE.yaml`` holds the same dotted keys
+(``train.learning_rate: 1e-6``); keys given on the command line win.
+"""
+
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, final
+
+from mipo.config import TrainConfig
+from mipo.objective import Objective
+from mipo.recipes import Recipe
+
+GROUPS = ("train", "objective")
+
+
+class OverrideError(ValueError):
+    """A dotted override names an unknown key or carries a value of the wrong type."""
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CommandLine:
+    """The parsed command line of ``python -m mipo.train``.
+
+    Args:
+        recipe: recipe path or shipped name (``None`` with ``--resume``).
+        overrides: dotted key -> raw value (strings from the command line, typed
+            values from a YAML file), command line applied last.
+        resume: a run directory to continue.
+        show_help: ``--help`` was given.
+    """
+
+    recipe: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resume: str | None = None
+    show_help: bool = False
+
+
+def parse_command_line(argv: list[str]) -> CommandLine:
+    """Split ``argv`` into the recipe, ``--config``, ``--resume`` and dotted keys."""
+    recipe: str | None = None
+    config_file: str | None = None
+    resume: str | None = None
+    show_help = False
+    command_line: dict[str, Any] = {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            show_help = True
+        elif arg in ("--config", "--resume") or arg.startswith(
+            ("--config=", "--resume=")
+        ):
+            name, _, value = arg.partition("=")
+            if not value:
+                if not args:
+                    raise OverrideError(f"{name}: expects a value")
+                value = args.pop(0)
+            if name == "--config":
+                config_file = value
+            else:
+                resume = value
+        elif arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                if not args or args[0].startswith("--"):
+                    raise OverrideError(f"--{key}: expects a value (--{key}=VALUE)")
+                value = args.pop(0)
+            command_line[key] = value
+        elif recipe is None:
+            recipe = arg
+        else:
+            raise OverrideError(
+                f"unexpected argument {arg!r} (the recipe is already {recipe!r}); "
+                f"overrides look like --train.learning_rate=1e-6"
+            )
+    overrides = load_config_file(config_file) if config_file else {}
+    overrides.update(command_line)
+    return CommandLine(
+        recipe=recipe, overrides=overrides, resume=resume, show_help=show_help
+    )
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read dotted keys from a YAML (or JSON) file: either flat
+    (``train.learning_rate: 1e-6``) or nested (``train: {learning_rate: 1e-6}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OverrideError(f"--config: {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml  # PyYAML comes with transformers
+
+        data = yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OverrideError(f"{path}: expected a mapping of dotted keys")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                flat[f"{key}.{inner}"] = inner_value
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def train_fields() -> dict[str, tuple[Any, Any]]:
+    """TrainConfig field -> (annotation, default)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(TrainConfig)}
+
+
+def objective_fields(recipe: Recipe) -> dict[str, tuple[Any, Any]]:
+    """make_objective keyword -> (annotation, default)."""
+    signature = inspect.signature(recipe.make_objective)
+    hints = typing.get_type_hints(recipe.make_objective)
+    return {
+        name: (hints.get(name, Any), p.default)
+        for name, p in signature.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def convert(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` (a string or an already typed value) as ``annotation``; raise
+    :class:`OverrideError` naming ``key`` and the expected type otherwise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if type(None) in options and _is_none(value):
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return convert(value, option, key)
+            except OverrideError as error:
+                errors.append(str(error))
+        raise OverrideError(
+            f"--{key}={value!r}: expected {describe(annotation)}"
+        ) from None
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise OverrideError(
+            f"--{key}={value!r}: expected one of {', '.join(map(repr, choices))}"
+        )
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+            return False
+        raise OverrideError(f"--{key}={value!r}: expected a bool (true/false)")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise OverrideError(f"--{key}={value!r}: expected an int")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise OverrideError(f"--{key}={value!r}: expected an int") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise OverrideError(f"--{key}={value!r}: expected a float")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise OverrideError(f"--{key}={value!r}: expected a float") from None
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise OverrideError(f"--{key}={value!r}: expected a string")
+    raise OverrideError(
+        f"--{key}: has type {describe(annotation)}, which cannot be set from the "
+        f"command line (only int, float, bool, str, Literal and None are); edit "
+        f"the recipe or call make_objective in Python"
+    )
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.lower() in ("none", ""))
+
+
+def describe(annotation: Any) -> str:
+    """A short human-readable name of a type annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(describe(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def split_overrides(
+    recipe: Recipe, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Typed ``(train_changes, objective_kwargs)`` from dotted keys; unknown keys
+    fail listing every valid key."""
+    known = {"train": train_fields(), "objective": objective_fields(recipe)}
+    train_changes: dict[str, Any] = {}
+    objective_kwargs: dict[str, Any] = {}
+    for key, value in overrides.items():
+        group, _, name = key.partition(".")
+        if group not in known or name not in known[group]:
+            valid = [f"--train.{n}" for n in known["train"]] + [
+                f"--objective.{n}" for n in known["objective"]
+            ]
+            raise OverrideError(
+                f"--{key}: unknown key for recipe {recipe.name!r}; valid keys: "
+                + ", ".join(valid)
+            )
+        annotation, _ = known[group][name]
+        typed = convert(value, annotation, key)
+        (train_changes if group == "train" else objective_kwargs)[name] = typed
+    return train_changes, objective_kwargs
+
+
+def resolve(
+    recipe: Recipe, overrides: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any], Objective]:
+    """The recipe's TrainConfig and objective with the overrides applied."""
+    train_changes, objective_kwargs = split_overrides(recipe, overrides)
+    try:
+        config = dataclasses.replace(recipe.train, **train_changes)
+    except ValueError as error:
+        raise OverrideError(str(error)) from None
+    objective = (
+        recipe.make_objective(**objective_kwargs)
+        if objective_kwargs
+        else recipe.objective
+    )
+    return config, objective_kwargs, objective
+
+
+def help_text(recipe: Recipe | None) -> str:
+    """Usage plus every overridable key with its type and default."""
+    lines = [
+        "usage: python -m mipo.train RECIPE.py [--train.FIELD=VALUE ...] "
+        "[--objective.NAME=VALUE ...] [--config FILE.yaml] [--resume RUN_DIR]",
+        "",
+        "train options (TrainConfig"
+        + (f", defaults of {recipe.name}" if recipe else "")
+        + "):",
+    ]
+    defaults = recipe.train if recipe else TrainConfig()
+    for name, (annotation, _) in train_fields().items():
+        lines.append(
+            f"  --train.{name}={getattr(defaults, name)!r}  ({describe(annotation)})"
+        )
+    if recipe is None:
+        lines += ["", "objective options: give a recipe to list them"]
+    else:
+        lines += ["", f"objective options (make_objective of {recipe.name}):"]
+        for name, (annotation, default) in objective_fields(recipe).items():
+            lines.append(f"  --objective.{name}={default!r}  ({describe(annotation)})")
+    return "\n".join(lines)
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-writable form of an override value (reprs for objects)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+__all__ = [
+    "CommandLine",
+    "OverrideError",
+    "convert",
+    "help_text",
+    "load_config_file",
+    "parse_command_line",
+    "resolve",
+    "split_overrides",
+]

@@ -1,0 +1,18 @@
+"""Preference data: formats, tokenisation, collation, the built-in task.
+
+Pipeline: :func:`load_records` (any supported file or ``builtin:...``) ->
+:func:`train_eval_split` -> :func:`encode_record` (chat template, EOS,
+truncation) -> :func:`collate` (padded tensors for the trainer).
+"""
+
+from mipo.data.builtin import gold_reward as gold_reward
+from mipo.data.collate import IGNORE_INDEX as IGNORE_INDEX
+from mipo.data.collate import PairTensors as PairTensors
+from mipo.data.collate import SequenceTensors as SequenceTensors
+from mipo.data.collate import collate as collate
+from mipo.data.errors import DataError as DataError
+from mipo.data.load import load_records as load_records
+from mipo.data.records import PreferenceRecord as PreferenceRecord
+from mipo.data.split import train_eval_split as train_eval_split
+from mipo.data.tokenize import EncodedPair as EncodedPair
+from mipo.data.tokenize import encode_record as encode_record

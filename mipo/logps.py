@@ -1,0 +1,496 @@
+"""Per-token log-probabilities and full-vocabulary KLs from final hidden states.
+
+Every quantity lives on the shifted ``seq`` axis of :mod:`mipo.batch`: for an
+unshifted sequence of length ``L`` with labels ``labels[:, 0..L-1]``, position
+``t`` of the ``[batch, L-1]`` output holds the label ``y_t = labels[:, t+1]``
+predicted from the hidden state ``h_t = hidden[:, t]`` (the state
+``s_t = (x, y_{<t})`` of ``objective.md``). With logits ``z_t = W h_t + b``:
+
+.. math::
+
+    \\log \\pi_\\theta(y_t \\mid s_t) = z_{t, y_t} - \\log \\sum_v e^{z_{t, v}},
+
+    D^{\\mathrm{fwd}}_t = \\mathrm{KL}(\\pi_{\\mathrm{ref}}(\\cdot|s_t) \\,\\|\\,
+        \\pi_\\theta(\\cdot|s_t))
+        = \\sum_v \\pi_{\\mathrm{ref}}(v|s_t)
+          \\big(\\log \\pi_{\\mathrm{ref}}(v|s_t) - \\log \\pi_\\theta(v|s_t)\\big),
+
+    D^{\\mathrm{rev}}_t = \\mathrm{KL}(\\pi_\\theta(\\cdot|s_t) \\,\\|\\,
+        \\pi_{\\mathrm{ref}}(\\cdot|s_t)).
+
+The KLs are TDPO's sequential KL terms (Zeng et al., arXiv 2404.11999, Eq. 12-13).
+Positions whose label is ``-100`` (prompt, padding) are zero in every output and
+``False`` in ``response_mask``.
+
+Two paths compute the same values and gradients:
+
+* ``chunk_size=None`` (eager): the head is applied to every position and the
+  ``[batch, L-1, vocab]`` logits are materialised.
+* ``chunk_size=n`` (chunked): only the response rows are gathered; they go through
+  the head ``n`` rows at a time inside one :class:`torch.autograd.Function` that
+  saves the rows and the head weight only and recomputes each chunk's logits in
+  backward. Peak loss-head memory is ``O(n * vocab)`` instead of
+  ``O(batch * L * vocab)``.
+"""
+
+from dataclasses import dataclass
+from typing import Any, final
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from mipo.typing import TokenLogps, TokenMask, TokenValues
+
+IGNORE_INDEX = -100
+"""Label value of prompt and padding positions (Hugging Face convention)."""
+
+# Logit post-processing some causal LMs apply after the head. Skipping it would give
+# wrong log-probs, so models that set one are refused with a clear error.
+_LOGIT_TRANSFORMS = {
+    "final_logit_softcapping": None,  # Gemma 2/3: tanh soft-capping
+    "logit_softcapping": None,
+    "logit_scale": 1.0,  # Cohere: logits * logit_scale
+    "logits_scaling": 1.0,  # Granite: logits / logits_scaling
+}
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenStats:
+    """Per-token statistics of one batch of sequences, on the shifted axis.
+
+    Args:
+        policy_logps: :math:`\\log \\pi_\\theta(y_t|s_t)`, live.
+        response_mask: True where the label is not ``-100``.
+        reference_logps: :math:`\\log \\pi_{\\mathrm{ref}}(y_t|s_t)`, a constant.
+        kl_forward: :math:`D^{\\mathrm{fwd}}_t`, live through the policy only.
+        kl_reverse: :math:`D^{\\mathrm{rev}}_t`, live through the policy only.
+    """
+
+    policy_logps: TokenLogps
+    response_mask: TokenMask
+    reference_logps: TokenLogps | None = None
+    kl_forward: TokenValues | None = None
+    kl_reverse: TokenValues | None = None
+
+
+def final_hidden_states(
+    model: nn.Module,
+    input_ids: Int[Tensor, "batch length"],
+    attention_mask: Int[Tensor, "batch length"] | Bool[Tensor, "batch length"] | None,
+    *,
+    position_ids: Int[Tensor, "batch length"] | None = None,
+) -> Float[Tensor, "batch length hidden"]:
+    """Last hidden states of a causal LM, after the final norm, without the LM head.
+
+    Works for Hugging Face causal LMs whose body is reachable through
+    ``get_decoder()`` (Llama, Qwen, Mistral, GPT-2, ...) and for peft-wrapped ones
+    (the body's adapters stay active). The head is ``model.get_output_embeddings()``.
+
+    Args:
+        model: a ``*ForCausalLM`` model, optionally wrapped by peft.
+        input_ids: token ids.
+        attention_mask: 1 on real tokens, 0 on padding; ``None`` when a packed
+            batch passes ``position_ids`` (see :mod:`mipo.packing`).
+        position_ids: optional explicit positions (packed sequences).
+
+    Returns:
+        The hidden states the LM head would read.
+    """
+    causal_lm = _unwrap_peft(model)
+    config = getattr(causal_lm, "config", None)
+    for name, neutral in _LOGIT_TRANSFORMS.items():
+        value = getattr(config, name, neutral)
+        if value != neutral:
+            raise ValueError(
+                f"{type(causal_lm).__name__}: config.{name}={value!r} post-processes "
+                f"the logits; mipo.logps applies the head alone and does not support it"
+            )
+    get_decoder = getattr(causal_lm, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None or decoder is causal_lm:
+        raise TypeError(
+            f"{type(causal_lm).__name__}: cannot find the decoder body "
+            f"(get_decoder() returned {type(decoder).__name__}); pass a Hugging Face "
+            f"*ForCausalLM model"
+        )
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+    return hidden
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    # peft's PeftModel keeps the causal LM (with adapters injected) behind
+    # get_base_model(); calling its body keeps LoRA layers active.
+    get_base_model = getattr(model, "get_base_model", None)
+    if callable(get_base_model) and not hasattr(model, "get_decoder"):
+        return get_base_model()
+    if callable(get_base_model) and type(model).__module__.startswith("peft"):
+        return get_base_model()
+    return model
+
+
+def token_stats(
+    policy_hidden: Float[Tensor, "batch length hidden"],
+    policy_head: nn.Module,
+    labels: Int[Tensor, "batch length"],
+    *,
+    reference_hidden: Float[Tensor, "batch length ref_hidden"] | None = None,
+    reference_head: nn.Module | None = None,
+    kl_forward: bool = False,
+    kl_reverse: bool = False,
+    chunk_size: int | None = None,
+) -> TokenStats:
+    """Per-token log-probs (and KLs) of ``labels`` from final hidden states.
+
+    Args:
+        policy_hidden: policy hidden states of the full (unshifted) sequences.
+        policy_head: the policy's output embedding, ``model.get_output_embeddings()``.
+        labels: unshifted labels, ``-100`` on prompt and padding.
+        reference_hidden: reference hidden states (used without gradient); needed
+            for ``reference_logps`` and the KLs.
+        reference_head: the reference's output embedding.
+        kl_forward: also compute :math:`D^{\\mathrm{fwd}}_t`.
+        kl_reverse: also compute :math:`D^{\\mathrm{rev}}_t`.
+        chunk_size: ``None`` for the eager path, else the number of response rows
+            per chunk of the recomputing chunked path.
+
+    Returns:
+        :class:`TokenStats` on the shifted ``[batch, L-1]`` axis; the reference
+        fields are set when ``reference_hidden`` is given, the KLs when asked.
+    """
+    has_reference = reference_hidden is not None
+    if has_reference != (reference_head is not None):
+        raise ValueError(
+            "token_stats: pass reference_hidden and reference_head together"
+        )
+    if (kl_forward or kl_reverse) and not has_reference:
+        raise ValueError("token_stats: the KLs need reference_hidden/reference_head")
+    if labels.shape[1] < 2:
+        raise ValueError(
+            f"token_stats: labels has {labels.shape[1]} positions; the causal shift "
+            f"needs at least 2"
+        )
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"token_stats: chunk_size must be >= 1, got {chunk_size}")
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    if chunk_size is None:
+        return _eager(
+            policy_hidden[:, :-1],
+            policy_head,
+            targets,
+            mask,
+            reference_hidden=None
+            if reference_hidden is None
+            else reference_hidden[:, :-1],
+            reference_head=reference_head,
+            kl_forward=kl_forward,
+            kl_reverse=kl_reverse,
+        )
+    values = _chunked(
+        policy_hidden[:, :-1][mask],
+        _linear_params(policy_head, "policy_head"),
+        targets[mask],
+        reference_rows=None
+        if reference_hidden is None
+        else reference_hidden[:, :-1][mask],
+        reference_params=None
+        if reference_head is None
+        else _linear_params(reference_head, "reference_head"),
+        kl_forward=kl_forward,
+        kl_reverse=kl_reverse,
+        chunk_size=chunk_size,
+    )
+    dtype = values.logps.dtype
+
+    def scatter(rows: Tensor | None) -> Tensor | None:
+        if rows is None:
+            return None
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_scatter(
+            mask, rows
+        )
+
+    return TokenStats(
+        policy_logps=scatter(values.logps),
+        response_mask=mask,
+        reference_logps=scatter(values.reference_logps),
+        kl_forward=scatter(values.kl_forward),
+        kl_reverse=scatter(values.kl_reverse),
+    )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Softmax maths runs in at least float32 (bf16 log-probs lose the gradient
+    # signal DPO relies on); float64 stays float64 for the oracle tests.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _linear_params(head: nn.Module, name: str) -> tuple[Tensor, Tensor | None]:
+    if not isinstance(head, nn.Linear):
+        raise TypeError(
+            f"token_stats: the chunked path needs {name} to be a torch.nn.Linear "
+            f"(got {type(head).__name__}); use chunk_size=None for other heads"
+        )
+    return head.weight, head.bias
+
+
+def _eager(
+    hidden: Tensor,
+    head: nn.Module,
+    targets: Tensor,
+    mask: Tensor,
+    *,
+    reference_hidden: Tensor | None,
+    reference_head: nn.Module | None,
+    kl_forward: bool,
+    kl_reverse: bool,
+) -> TokenStats:
+    dtype = _compute_dtype(hidden.dtype)
+    policy_logp_all = F.log_softmax(head(hidden).to(dtype), dim=-1)
+    safe_targets = targets.clamp(min=0).unsqueeze(-1)
+    zero = torch.zeros((), dtype=dtype, device=hidden.device)
+
+    def masked(values: Tensor) -> Tensor:
+        return torch.where(mask, values, zero)
+
+    policy_logps = masked(policy_logp_all.gather(-1, safe_targets).squeeze(-1))
+    reference_logps = forward = reverse = None
+    if reference_hidden is not None and reference_head is not None:
+        with torch.no_grad():
+            reference_logp_all = F.log_softmax(
+                reference_head(reference_hidden).to(dtype), dim=-1
+            )
+        reference_logps = masked(
+            reference_logp_all.gather(-1, safe_targets).squeeze(-1)
+        )
+        if kl_forward:
+            forward = masked(kl_from_logps(reference_logp_all, policy_logp_all))
+        if kl_reverse:
+            reverse = masked(kl_from_logps(policy_logp_all, reference_logp_all))
+    return TokenStats(
+        policy_logps=policy_logps,
+        response_mask=mask,
+        reference_logps=reference_logps,
+        kl_forward=forward,
+        kl_reverse=reverse,
+    )
+
+
+def kl_from_logps(
+    p_logps: Float[Tensor, "*rows vocab"], q_logps: Float[Tensor, "*rows vocab"]
+) -> Float[Tensor, "*rows"]:
+    """:math:`\\mathrm{KL}(p\\|q) = \\sum_v p_v (\\log p_v - \\log q_v)` per row.
+
+    Terms with :math:`p_v = 0` contribute 0 (the ``0 log 0 = 0`` convention), also
+    when :math:`\\log p_v = -\\infty`.
+    """
+    p = p_logps.exp()
+    terms = torch.where(p > 0, p * (p_logps - q_logps), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _RowStats:
+    """Per-row outputs of the chunked path, before scattering to ``[batch, seq]``."""
+
+    logps: Float[Tensor, " rows"]
+    reference_logps: Float[Tensor, " rows"] | None
+    kl_forward: Float[Tensor, " rows"] | None
+    kl_reverse: Float[Tensor, " rows"] | None
+
+
+def _chunked(
+    rows: Float[Tensor, "rows hidden"],
+    params: tuple[Tensor, Tensor | None],
+    targets: Int[Tensor, " rows"],
+    *,
+    reference_rows: Float[Tensor, "rows ref_hidden"] | None,
+    reference_params: tuple[Tensor, Tensor | None] | None,
+    kl_forward: bool,
+    kl_reverse: bool,
+    chunk_size: int,
+) -> _RowStats:
+    weight, bias = params
+    if reference_rows is None or reference_params is None:
+        reference_weight = reference_bias = None
+    else:
+        # The reference is a constant: detached here, it never asks for a gradient
+        # (even when it shares the policy's head, as a peft reference does).
+        reference_rows = reference_rows.detach()
+        reference_weight = reference_params[0].detach()
+        reference_bias = (
+            None if reference_params[1] is None else reference_params[1].detach()
+        )
+    logps, reference_logps, forward, reverse = _ChunkedHead.apply(
+        rows,
+        weight,
+        bias,
+        targets,
+        reference_rows,
+        reference_weight,
+        reference_bias,
+        kl_forward,
+        kl_reverse,
+        chunk_size,
+    )
+    has_reference = reference_rows is not None
+    return _RowStats(
+        logps=logps,
+        reference_logps=reference_logps if has_reference else None,
+        kl_forward=forward if kl_forward else None,
+        kl_reverse=reverse if kl_reverse else None,
+    )
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """Head + log-softmax + gather (+ KLs) over row chunks, recomputed in backward.
+
+    Only the hidden rows, the head parameters and the targets are saved; each
+    chunk's ``[chunk, vocab]`` logits exist only while that chunk is processed.
+    The backward pass uses the closed-form logit gradients (``p = softmax(z)``,
+    ``q`` the reference distribution, ``a_v = log p_v - log q_v``):
+
+    .. math::
+
+        \\partial_z \\log p_y = e_y - p, \\quad
+        \\partial_z \\mathrm{KL}(q\\|p) = p - q, \\quad
+        \\partial_z \\mathrm{KL}(p\\|q) = p \\odot (a - \\textstyle\\sum_v p_v a_v),
+
+    then ``dh = dz W`` and ``dW = dz^T h`` (``W`` is the embedding matrix when the
+    embeddings are tied, so its gradient adds to the input-embedding one).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        rows: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        targets: Tensor,
+        reference_rows: Tensor | None,
+        reference_weight: Tensor | None,
+        reference_bias: Tensor | None,
+        want_forward: bool,
+        want_reverse: bool,
+        chunk_size: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dtype = _compute_dtype(rows.dtype)
+        n = rows.shape[0]
+        logps = rows.new_zeros(n, dtype=dtype)
+        has_reference = reference_rows is not None
+        reference_logps = rows.new_zeros(n if has_reference else 0, dtype=dtype)
+        forward = rows.new_zeros(n if want_forward else 0, dtype=dtype)
+        reverse = rows.new_zeros(n if want_reverse else 0, dtype=dtype)
+        for start in range(0, n, chunk_size):
+            chunk = slice(start, start + chunk_size)
+            lp = F.log_softmax(F.linear(rows[chunk], weight, bias).to(dtype), dim=-1)
+            index = targets[chunk].unsqueeze(-1)
+            logps[chunk] = lp.gather(-1, index).squeeze(-1)
+            if not has_reference:
+                continue
+            lq = F.log_softmax(
+                F.linear(reference_rows[chunk], reference_weight, reference_bias).to(
+                    dtype
+                ),
+                dim=-1,
+            )
+            reference_logps[chunk] = lq.gather(-1, index).squeeze(-1)
+            if want_forward:
+                forward[chunk] = kl_from_logps(lq, lp)
+            if want_reverse:
+                reverse[chunk] = kl_from_logps(lp, lq)
+        ctx.save_for_backward(
+            rows,
+            weight,
+            bias,
+            targets,
+            reference_rows,
+            reference_weight,
+            reference_bias,
+        )
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(reference_logps)
+        ctx.set_materialize_grads(False)
+        return logps, reference_logps, forward, reverse
+
+    @staticmethod
+    def backward(
+        ctx: Any,
+        grad_logps: Tensor | None,
+        _grad_reference_logps: Tensor | None,
+        grad_forward: Tensor | None,
+        grad_reverse: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
+        (
+            rows,
+            weight,
+            bias,
+            targets,
+            reference_rows,
+            reference_weight,
+            reference_bias,
+        ) = ctx.saved_tensors
+        dtype = _compute_dtype(rows.dtype)
+        need_rows, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_rows = torch.zeros_like(rows) if need_rows else None
+        # Accumulate the head gradient in the compute dtype (bf16 sums over many
+        # chunks would lose precision), cast once at the end.
+        grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None
+        grad_bias = (
+            torch.zeros_like(bias, dtype=dtype)
+            if need_bias and bias is not None
+            else None
+        )
+        chunk_size = ctx.chunk_size
+        for start in range(0, rows.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            h = rows[chunk]
+            lp = F.log_softmax(F.linear(h, weight, bias).to(dtype), dim=-1)
+            p = lp.exp()
+            dz = torch.zeros_like(lp)
+            if grad_logps is not None:
+                g = grad_logps[chunk].to(dtype).unsqueeze(-1)
+                dz -= p * g
+                dz.scatter_add_(-1, targets[chunk].unsqueeze(-1), g)
+            if grad_forward is not None or grad_reverse is not None:
+                lq = F.log_softmax(
+                    F.linear(
+                        reference_rows[chunk], reference_weight, reference_bias
+                    ).to(dtype),
+                    dim=-1,
+                )
+                if grad_forward is not None:
+                    dz += (p - lq.exp()) * grad_forward[chunk].to(dtype).unsqueeze(-1)
+                if grad_reverse is not None:
+                    a = torch.where(p > 0, lp - lq, torch.zeros_like(lp))
+                    kl = (p * a).sum(-1, keepdim=True)
+                    dz += p * (a - kl) * grad_reverse[chunk].to(dtype).unsqueeze(-1)
+            dz_native = dz.to(weight.dtype)
+            if grad_rows is not None:
+                grad_rows[chunk] = (dz_native @ weight).to(rows.dtype)
+            if grad_weight is not None:
+                grad_weight += (dz_native.T @ h).to(dtype)
+            if grad_bias is not None:
+                grad_bias += dz.sum(0)
+        return (
+            grad_rows,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+            *(None,) * 7,
+        )
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TokenStats",
+    "final_hidden_states",
+    "kl_from_logps",
+    "token_stats",
+]

@@ -1,0 +1,270 @@
+"""Load the policy, the tokenizer and the reference a run needs.
+
+The reference is built only when the objective's needs ask for reference
+quantities (``REFERENCE_LOGPS``, ``KL_FORWARD``, ``KL_REVERSE``); a reference-free
+objective (SimPO) never loads one. Three kinds (``TrainConfig.reference``):
+
+* ``copy``: a frozen deep copy of the initial policy, in eval mode;
+* ``adapter_off``: the LoRA policy itself with its adapters disabled (no copy);
+* ``precomputed``: no reference model during training; its token log-probs are
+  computed once (:mod:`mipo.precompute`) and read from a cache.
+
+Dropout is disabled in policy and reference, as in TRL's ``disable_dropout``:
+with dropout the implicit reward of a pair would be random.
+"""
+
+import abc
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mipo.config import TrainConfig
+from mipo.logps import final_hidden_states
+from mipo.needs import Need
+
+REFERENCE_NEEDS = frozenset({Need.REFERENCE_LOGPS, Need.KL_FORWARD, Need.KL_REVERSE})
+"""Needs that read the reference model."""
+LOGIT_NEEDS = frozenset({Need.KL_FORWARD, Need.KL_REVERSE, Need.ANCHOR})
+"""Needs that a cache of reference token log-probs cannot serve."""
+UNSUPPORTED_NEEDS = frozenset({Need.PRIOR_LOGPS})
+"""Needs the trainer does not supply (a separately trained prior model)."""
+
+
+def resolve_model_path(name: str) -> str:
+    """``"smollm2"`` -> the converted local directory; a local path as is; a hub
+    name only when online."""
+    if name == "smollm2":
+        from mipo.assets import smollm2_dir
+
+        return str(smollm2_dir())
+    if Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"TrainConfig.model={name!r}: {path} has no config.json (expected a "
+                f"Hugging Face model directory)"
+            )
+        return str(path)
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise FileNotFoundError(
+            f"TrainConfig.model={name!r}: not a local directory, and HF_HUB_OFFLINE "
+            f"is set, so it cannot be fetched from the hub"
+        )
+    return name
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer, with EOS required and padding on the right."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{path}: the tokenizer has no eos_token")
+    if tokenizer.pad_token_id is None:
+        # Padding positions are masked everywhere, so reusing EOS is harmless.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (modules and config attributes)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attribute in ("attention_dropout", "dropout", "hidden_dropout"):
+            value = getattr(module, attribute, None)
+            if isinstance(value, float):
+                setattr(module, attribute, 0.0)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for attribute in (
+            "attention_dropout",
+            "hidden_dropout",
+            "resid_pdrop",
+            "embd_pdrop",
+            "attn_pdrop",
+            "dropout",
+        ):
+            if isinstance(getattr(config, attribute, None), float):
+                setattr(config, attribute, 0.0)
+
+
+def load_causal_lm(path: str) -> nn.Module:
+    """A causal LM in float32 (mixed precision is accelerate's job), dropout off."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # A GGUF-converted config may still carry its quantisation block, which makes
+    # Hugging Face tooling refuse to fine-tune (assets.md 2.4).
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    disable_dropout(model)
+    return model
+
+
+def add_lora(model: nn.Module, rank: int) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters of ``rank`` on every linear layer."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class AbstractReference(abc.ABC):
+    """A reference model as the forward pass sees it: final hidden states and head,
+    never with gradient."""
+
+    calls: int = 0
+
+    @abc.abstractmethod
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final hidden states ``[batch, length, hidden]`` (no gradient)."""
+
+    @property
+    @abc.abstractmethod
+    def head(self) -> nn.Module:
+        """The output embedding."""
+
+    def to(self, device: torch.device) -> "AbstractReference":
+        """Move to ``device`` (no-op for references that share the policy)."""
+        return self
+
+
+class FrozenCopyReference(AbstractReference):
+    """A frozen deep copy of the initial policy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.calls = 0
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        self.calls += 1
+        with torch.no_grad():
+            return final_hidden_states(self.model, input_ids, attention_mask)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def to(self, device: torch.device) -> "FrozenCopyReference":
+        self.model.to(device)
+        return self
+
+
+class AdapterOffReference(AbstractReference):
+    """The LoRA policy with its adapters disabled: the base model, no copy."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        self.model = peft_model
+        self.calls = 0
+
+    @contextlib.contextmanager
+    def _off(self) -> Iterator[None]:
+        with torch.no_grad(), self.model.disable_adapter():
+            yield
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        self.calls += 1
+        with self._off():
+            return final_hidden_states(self.model, input_ids, attention_mask)
+
+    @property
+    def head(self) -> nn.Module:
+        # "all-linear" LoRA leaves the output layer alone, so the head is the base's.
+        return self.model.get_output_embeddings()
+
+
+def check_reference_kind(config: TrainConfig, needs: frozenset[Need]) -> None:
+    """Refuse combinations the trainer cannot serve, before any model is loaded."""
+    unsupported = needs & UNSUPPORTED_NEEDS
+    if unsupported:
+        names = ", ".join(sorted(n.value for n in unsupported))
+        raise ValueError(
+            f"the objective needs {names}, which the trainer does not supply "
+            f"(a prior model is trained and evaluated separately)"
+        )
+    if config.reference == "precomputed":
+        blocked = needs & LOGIT_NEEDS
+        if blocked:
+            names = ", ".join(sorted(n.value for n in blocked))
+            raise ValueError(
+                f"TrainConfig.reference='precomputed': the objective needs {names}, "
+                f"which need the reference model's full distribution or a fresh "
+                f"generation; cached token log-probs cannot serve them. Use "
+                f"reference='copy' or 'adapter_off'"
+            )
+
+
+def load_models(
+    config: TrainConfig,
+    needs: frozenset[Need],
+    *,
+    checkpoint: str | Path | None = None,
+) -> tuple[nn.Module, AbstractReference | None, Any, str]:
+    """``(policy, reference, tokenizer, model_path)``.
+
+    Args:
+        config: the run's settings.
+        needs: the objective's needs (decide whether a reference is built).
+        checkpoint: resume the policy from this ``checkpoint-N`` directory (full
+            weights, or a LoRA adapter); the reference still comes from
+            ``config.model``.
+    """
+    check_reference_kind(config, needs)
+    path = resolve_model_path(config.model)
+    tokenizer = load_tokenizer(path)
+    base = load_causal_lm(path)
+    wants_reference = (
+        bool(needs & REFERENCE_NEEDS) and config.reference != "precomputed"
+    )
+    reference: AbstractReference | None = None
+    if config.lora_rank > 0:
+        if checkpoint is not None:
+            from peft import PeftModel
+
+            policy = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
+        else:
+            policy = add_lora(base, config.lora_rank)
+        if wants_reference:
+            if config.reference == "adapter_off":
+                reference = AdapterOffReference(policy)
+            else:
+                frozen = load_causal_lm(path)
+                reference = FrozenCopyReference(_freeze(frozen))
+    else:
+        if wants_reference:
+            reference = FrozenCopyReference(_freeze(copy.deepcopy(base)))
+        policy = load_causal_lm(str(checkpoint)) if checkpoint is not None else base
+    policy.train()
+    return policy, reference, tokenizer, path
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+__all__ = [
+    "AbstractReference",
+    "AdapterOffReference",
+    "FrozenCopyReference",
+    "check_reference_kind",
+    "disable_dropout",
+    "load_models",
+    "resolve_model_path",
+]

@@ -1,0 +1,176 @@
+"""A run directory: resolved config, metrics, TensorBoard events, plots,
+checkpoints.
+
+Layout::
+
+    {output_dir}/{recipe}-{YYYYmmdd-HHMMSS}/
+        config.json          recipe, overrides, resolved TrainConfig, objective
+        metrics.jsonl        one JSON object per logging step
+        tensorboard/         SummaryWriter events
+        plots/*.png          loss, rewards, accuracies, margins
+        checkpoint-{step}/   save_pretrained model (or LoRA adapter) + tokenizer
+                             + trainer_state.pt (optimiser, scheduler, RNG, position)
+        eval.json            held-out evaluation
+
+Checkpoints are written to a temporary directory and renamed into place, so a
+``checkpoint-N`` directory is either complete or absent.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def new_run_dir(output_dir: str | Path, recipe_name: str) -> Path:
+    """A fresh ``{output_dir}/{recipe}-{timestamp}`` (suffixed if it exists)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(output_dir) / f"{recipe_name}-{stamp}"
+    path, suffix = base, 1
+    while path.exists():
+        path = base.with_name(f"{base.name}-{suffix}")
+        suffix += 1
+    path.mkdir(parents=True)
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON atomically (temp file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl plus TensorBoard scalars; only the main process makes one."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, record: Mapping[str, float | int]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(dict(record)) + "\n")
+        step = int(record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every line of ``metrics.jsonl`` (empty when absent)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+PLOTS = {
+    "loss": ("loss",),
+    "rewards": ("rewards/chosen", "rewards/rejected"),
+    "accuracies": ("rewards/accuracies",),
+    "margins": ("rewards/margins",),
+}
+
+
+def write_plots(run_dir: Path) -> list[Path]:
+    """One PNG per group of :data:`PLOTS` from metrics.jsonl (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name, keys in PLOTS.items():
+        figure, axes = plt.subplots(figsize=(5, 3.2))
+        for key in keys:
+            points = [
+                (r["step"], r[key])
+                for r in records
+                if key in r and math.isfinite(r[key])
+            ]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axes.plot(steps, values, marker="o", markersize=3, label=key)
+        axes.set_xlabel("step")
+        axes.set_title(name)
+        if len(keys) > 1:
+            axes.legend()
+        figure.tight_layout()
+        path = out_dir / f"{name}.png"
+        figure.savefig(path, dpi=80)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``checkpoint-N`` directories, by increasing step."""
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT.match(p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The highest-step checkpoint; a clear error when there is none."""
+    found = checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint-N directory to resume from")
+    return found[-1]
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state: dict[str, Any],
+) -> Path:
+    """Write ``checkpoint-{step}`` atomically: model (or adapter) as safetensors,
+    the tokenizer and ``trainer_state.pt``."""
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".tmp-checkpoint-{step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    torch.save(state, tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+__all__ = [
+    "MetricsLog",
+    "checkpoints",
+    "latest_checkpoint",
+    "new_run_dir",
+    "read_metrics",
+    "save_checkpoint",
+    "write_json",
+    "write_plots",
+]

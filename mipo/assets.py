@@ -102,6 +102,11 @@ def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     with _locked(root / f"{DIR_NAME}.lock"):
         if (target / MARKER).is_file():  # another process finished meanwhile
             return target
+        if target.exists():
+            raise AssetError(
+                f"{target} exists but has no {MARKER} (not made by mipo, or edited); "
+                "remove it and retry"
+            )
         _convert(_gguf_file(root), target)
     return target
 

@@ -39,7 +39,7 @@ def evaluate_pairs(
     chunk_size: int | None = None,
     reference_cache: dict | None = None,
     anchor_sampling: Any = None,
-) -> dict[str, float]:
+) -> dict[str, float | int]:
     """Implicit-reward accuracy, margin, loss and chosen KL(pi||ref) per token."""
     needs = objective.needs
     wants_kl = reference is not None

@@ -452,26 +452,22 @@ class _ChunkedHead(torch.autograd.Function):
         for start in range(0, rows.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             h = rows[chunk]
-            lp = F.log_softmax(F.linear(h, weight, bias).to(dtype), dim=-1)
-            p = lp.exp()
-            dz = torch.zeros_like(lp)
-            if grad_logps is not None:
-                g = grad_logps[chunk].to(dtype).unsqueeze(-1)
-                dz -= p * g
-                dz.scatter_add_(-1, targets[chunk].unsqueeze(-1), g)
-            if grad_forward is not None or grad_reverse is not None:
-                lq = F.log_softmax(
+            dz = _chunk_logit_gradient(
+                F.log_softmax(F.linear(h, weight, bias).to(dtype), dim=-1),
+                None
+                if grad_forward is None and grad_reverse is None
+                else F.log_softmax(
                     F.linear(
                         reference_rows[chunk], reference_weight, reference_bias
                     ).to(dtype),
                     dim=-1,
-                )
-                if grad_forward is not None:
-                    dz += (p - lq.exp()) * grad_forward[chunk].to(dtype).unsqueeze(-1)
-                if grad_reverse is not None:
-                    a = torch.where(p > 0, lp - lq, torch.zeros_like(lp))
-                    kl = (p * a).sum(-1, keepdim=True)
-                    dz += p * (a - kl) * grad_reverse[chunk].to(dtype).unsqueeze(-1)
+                ),
+                targets[chunk],
+                *(
+                    None if g is None else g[chunk].to(dtype).unsqueeze(-1)
+                    for g in (grad_logps, grad_forward, grad_reverse)
+                ),
+            )
             dz_native = dz.to(weight.dtype)
             if grad_rows is not None:
                 grad_rows[chunk] = (dz_native @ weight).to(rows.dtype)
@@ -485,6 +481,41 @@ class _ChunkedHead(torch.autograd.Function):
             None if grad_bias is None else grad_bias.to(bias.dtype),
             *(None,) * 7,
         )
+
+
+def _chunk_logit_gradient(
+    lp: Tensor,
+    lq: Tensor | None,
+    targets: Tensor,
+    grad_logps: Tensor | None,
+    grad_forward: Tensor | None,
+    grad_reverse: Tensor | None,
+) -> Tensor:
+    """dz for one chunk from the closed forms of :class:`_ChunkedHead`.
+
+    Works in place on the ``[chunk, vocab]`` buffers it is handed (``lp``,
+    ``lq``), so that the common DPO case holds two such buffers, not five.
+    """
+    p = lp.exp() if grad_reverse is not None else lp.exp_()
+    reverse = None
+    if grad_reverse is not None and lq is not None:
+        a = torch.where(p > 0, lp - lq, torch.zeros_like(lp))
+        kl = (p * a).sum(-1, keepdim=True)
+        reverse = a.sub_(kl).mul_(p).mul_(grad_reverse)
+    # p * (g_fwd - g_logp) - q * g_fwd (+ e_y g_logp + reverse, below)
+    coefficient = torch.zeros_like(p[:, :1])
+    if grad_logps is not None:
+        coefficient = coefficient - grad_logps
+    if grad_forward is not None:
+        coefficient = coefficient + grad_forward
+    dz = p.mul_(coefficient)
+    if grad_forward is not None and lq is not None:
+        dz.sub_(lq.exp_().mul_(grad_forward))
+    if grad_logps is not None:
+        dz.scatter_add_(-1, targets.unsqueeze(-1), grad_logps)
+    if reverse is not None:
+        dz.add_(reverse)
+    return dz
 
 
 __all__ = [

@@ -101,6 +101,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     written = []
     for name, keys in PLOTS.items():
         figure, axes = plt.subplots(figsize=(5, 3.2))
+        plotted = False
         for key in keys:
             points = [
                 (r["step"], r[key])
@@ -110,9 +111,10 @@ def write_plots(run_dir: Path) -> list[Path]:
             if points:
                 steps, values = zip(*points, strict=True)
                 axes.plot(steps, values, marker="o", markersize=3, label=key)
+                plotted = True
         axes.set_xlabel("step")
         axes.set_title(name)
-        if len(keys) > 1:
+        if len(keys) > 1 and plotted:
             axes.legend()
         figure.tight_layout()
         path = out_dir / f"{name}.png"

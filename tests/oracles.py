@@ -115,8 +115,21 @@ def _log_ratio_sum(side: OracleSide) -> Tensor:
 
 
 def _softplus(x: Tensor) -> Tensor:
-    """softplus(x) = log(1 + e^x), written out stably: max(x, 0) + log1p(e^-|x|)."""
-    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    """softplus(x) = log(1 + e^x), stable and smooth: x + log1p(e^-x) for x > 0,
+    log1p(e^x) otherwise. Each branch only sees inputs where it cannot overflow,
+    so the branch not taken has a finite (zero) gradient."""
+    positive = x > 0
+    zeros = torch.zeros_like(x)
+    x_pos = torch.where(positive, x, zeros)
+    x_neg = torch.where(positive, zeros, x)
+    return torch.where(
+        positive, x_pos + torch.log1p(torch.exp(-x_pos)), torch.log1p(torch.exp(x_neg))
+    )
+
+
+def _relu(x: Tensor) -> Tensor:
+    """max(0, x), with the subgradient 0 at the kink x = 0."""
+    return torch.where(x > 0, x, torch.zeros_like(x))
 
 
 def _neg_log_sigmoid(z: Tensor) -> Tensor:
@@ -173,7 +186,7 @@ def ipo_trl(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
 
 def hinge(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
     """L = max(0, 1 - beta h) (SLiC / RSO; TRL ``hinge``)."""
-    return torch.clamp(1 - beta * dpo_h(chosen, rejected), min=0).mean()
+    return _relu(1 - beta * dpo_h(chosen, rejected)).mean()
 
 
 # -------------------------------------------------------------- SimPO (§4)
@@ -200,7 +213,7 @@ def simpo(
     if loss_type == "sigmoid":
         per_pair = _neg_log_sigmoid(beta * z)
     elif loss_type == "hinge":
-        per_pair = torch.clamp(1 - beta * z, min=0)
+        per_pair = _relu(1 - beta * z)
     else:
         raise ValueError(f"unknown SimPO loss_type {loss_type!r}")
     loss = per_pair.mean()
@@ -246,7 +259,9 @@ def tdpo1(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
     return _neg_log_sigmoid(beta * z).mean()
 
 
-def tdpo2(chosen: OracleSide, rejected: OracleSide, beta: float, alpha: float) -> Tensor:
+def tdpo2(
+    chosen: OracleSide, rejected: OracleSide, beta: float, alpha: float
+) -> Tensor:
     """z = (m[c] - m[r]) - alpha (K[r] - stopgrad(K[c])), the CHOSEN KL detached."""
     chosen_kl = _seq_kl_forward(chosen).detach()
     z = dpo_h(chosen, rejected) - alpha * (_seq_kl_forward(rejected) - chosen_kl)

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hypothesis.extra.numpy import arrays
+from oracles import OracleSide, side_from_logits
 from torch import Tensor
 
 from mipo import PairBatch, Side
-from oracles import OracleSide, side_from_logits
 
 MAX_BATCH = 4
 MAX_SEQ = 8
@@ -189,7 +189,7 @@ def pair_logits(
     min_response: int = 1,
     max_response: int = MAX_SEQ,
     logit_bound: float = LOGIT_BOUND,
-    weight_range: tuple[float, float] | None = (-2.0, 2.0),
+    weight_range: tuple[float, float] | None = None,
     reference_shift: float = 0.0,
 ) -> PairLogits:
     """Draw a batch of pairs as logits, labels and masks.
@@ -204,10 +204,11 @@ def pair_logits(
         logit_bound: every drawn logit lies in ``[-logit_bound, logit_bound]``.
         weight_range: bounds of the token weights and KL weights; ``None`` for
             all-ones weights (no draw).
-        reference_shift: added to the reference logit of vocabulary entry 0 at
-            every position, so that with a non-zero shift the reference and the
-            policy distributions differ at every position (a construction, not a
-            filter, for the properties that need a non-zero KL gradient).
+        reference_shift: if non-zero, the reference logits are the policy logits
+            with this added to vocabulary entry 0 at every position, so the two
+            distributions differ at every position (a construction, not a filter,
+            for the properties that need a non-zero KL gradient). If zero, the
+            reference logits are drawn independently.
     """
     batch = draw(st.integers(1, MAX_BATCH))
     vocab = draw(st.integers(2, MAX_VOCAB))
@@ -220,10 +221,12 @@ def pair_logits(
             elements=st.floats(-bound, bound, allow_nan=False),
         )
     )
-    logits[:, 1, ..., 0] += reference_shift
-    labels = draw(
-        arrays(np.int64, (2, batch, seq), elements=st.integers(0, vocab - 1))
-    )
+    if reference_shift:
+        # the reference is the policy with entry 0 moved: the two distributions
+        # differ at every position, whatever was drawn
+        logits[:, 1] = logits[:, 0]
+        logits[:, 1, ..., 0] += reference_shift
+    labels = draw(arrays(np.int64, (2, batch, seq), elements=st.integers(0, vocab - 1)))
     # row layout: prompt length p in [0, seq - min_response], then each response
     # length mapped into [min_response, min(max_response, seq - p)]
     prompt = draw(

@@ -30,12 +30,13 @@ EXPECTED_RECIPES = frozenset(
         "hdpo",
         "ipo",
         "mi_dpo",
+        "otpo",
         "rdpo",
         "simpo",
         "sparsepo",
         "tdpo",
-        "tis_dpo",
         "ti_dpo",
+        "tis_dpo",
     }
 )
 MAX_RECIPE_LINES = 60

@@ -99,9 +99,9 @@ def test_dpo_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [1, 2]
     for record in records:
         assert TRL_KEYS | LOOP_KEYS <= set(record)
-        assert all(
-            torch.isfinite(torch.tensor(float(v))) for v in record.values()
-        ), record
+        assert all(torch.isfinite(torch.tensor(float(v))) for v in record.values()), (
+            record
+        )
     # the first step is at the reference: every implicit reward is exactly zero
     assert records[0]["rewards/chosen"] == 0.0
     assert records[0]["loss"] == pytest.approx(0.6931471805599453, abs=1e-6)
@@ -147,8 +147,11 @@ def test_tdpo_runs_with_forward_kl(tiny_model: Path, tmp_path: Path) -> None:
         "recipes/tdpo.py",
         tiny_model,
         tmp_path,
-        **{"train.learning_rate": 1e-3, "train.warmup_steps": 0,
-           "train.warmup_ratio": 0.0},
+        **{
+            "train.learning_rate": 1e-3,
+            "train.warmup_steps": 0,
+            "train.warmup_ratio": 0.0,
+        },
     )
     records = read_metrics(result.run_dir)
     assert len(records) == 2

@@ -14,5 +14,6 @@ from mipo.data.errors import DataError as DataError
 from mipo.data.load import load_records as load_records
 from mipo.data.records import PreferenceRecord as PreferenceRecord
 from mipo.data.split import train_eval_split as train_eval_split
+from mipo.data.tiny_tokenizer import tiny_chat_tokenizer as tiny_chat_tokenizer
 from mipo.data.tokenize import EncodedPair as EncodedPair
 from mipo.data.tokenize import encode_record as encode_record

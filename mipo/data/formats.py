@@ -119,6 +119,11 @@ def _renamed(
         return row
     out = dict(row)
     for old, new in column_map.items():
+        if new in row and new not in column_map:
+            raise DataError(
+                f"{source}: column_map renames '{old}' -> '{new}' but the row already "
+                f"has a field '{new}'"
+            )
         if old not in row:
             raise DataError(
                 f"{source}: column_map renames '{old}' -> '{new}' but the row has no "

@@ -175,6 +175,9 @@ def _template(
     *,
     generation: bool,
 ) -> str:
+    # jinja2 is what renders chat templates; transformers imports it on demand too.
+    from jinja2 import TemplateError
+
     try:
         text = tokenizer.apply_chat_template(
             messages, add_generation_prompt=generation, tokenize=False
@@ -183,6 +186,10 @@ def _template(
         raise DataError(
             f"{source}: conversational record but the tokenizer cannot apply a chat "
             f"template ({error})"
+        ) from error
+    except TemplateError as error:  # raised by templates that police their input
+        raise DataError(
+            f"{source}: the chat template rejected the messages ({error})"
         ) from error
     if not isinstance(text, str):
         raise DataError(

@@ -14,6 +14,8 @@ from mipo.primitives.margin import ConstantMargin as ConstantMargin
 from mipo.primitives.margin import LengthDifferenceMargin as LengthDifferenceMargin
 from mipo.primitives.margin import NoMargin as NoMargin
 from mipo.primitives.margin import SumMargin as SumMargin
+from mipo.primitives.otpo import TransportTokenWeights as TransportTokenWeights
+from mipo.primitives.otpo import UniformBudgetWeights as UniformBudgetWeights
 from mipo.primitives.prior import AbstractPrior as AbstractPrior
 from mipo.primitives.prior import AbstractPriorFactor as AbstractPriorFactor
 from mipo.primitives.prior import AbstractSequencePrior as AbstractSequencePrior

@@ -1,0 +1,191 @@
+"""Time one TI-DPO training step against one DPO step on the same model and batch.
+
+Both steps run what ``mipo.train`` runs per micro-batch: ``build_pair_batch``
+(forwards) for the objective's needs, the objective, and the backward. The
+TI-DPO step is broken down into its extra parts, each timed on its own:
+
+* ``tdpo2_full_vocab_kl``: the TDPO2 step minus the DPO step (the
+  full-vocabulary forward KL of the base loss);
+* ``attribution_as_the_trainer_runs_it``: :func:`mipo.attribution.attribution_scores`
+  on chosen + rejected + anchor rows (``attribution_pairs`` on chosen + rejected);
+* ``generation``: :func:`mipo.anchor.generate_anchor` (policy sampling);
+* ``anchor_forwards_and_triplet``: TI-DPO minus TI-DPO without the triplet
+  (gamma = 0), minus generation and the anchor rows' share of the attribution:
+  the policy forward with gradient and the reference forward on the anchor rows;
+* ``weighting_remainder``: TI-DPO without triplet minus TDPO2 minus attribution.
+
+Usage (CPU; SmolLM2-135M-Instruct from ``mipo.assets``, built-in arithmetic data)::
+
+    python benchmarks/ti_dpo_overhead.py --batch-size 4 --repeats 5
+    python benchmarks/ti_dpo_overhead.py --model /path/to/hf_dir
+
+Prints one JSON object (median seconds per part, ratios to DPO, machine info).
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mipo.anchor import AnchorSampling, generate_anchor
+from mipo.attribution import attribution_scores
+from mipo.config import TrainConfig
+from mipo.forward import build_pair_batch, stack_sequences
+from mipo.model import load_models
+from mipo.objective import Objective
+from mipo.prepare import load_run_data, make_loader
+from mipo.recipes import load_recipe
+
+
+def median_seconds(run: Callable[[], Any], repeats: int, seed: int) -> float:
+    """Median wall time of ``run`` over ``repeats`` calls after one warm-up call;
+    the RNG is reseeded before each call so sampled anchors repeat."""
+    times = []
+    for index in range(repeats + 1):
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        run()
+        if index:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ti_dpo = load_recipe("ti_dpo")
+    full: Objective = ti_dpo.objective
+    sampling = AnchorSampling(max_new_tokens=args.max_new_tokens)
+    config = TrainConfig(
+        model=args.model,
+        max_examples=64,
+        max_length=ti_dpo.train.max_length,
+        max_prompt_length=ti_dpo.train.max_prompt_length,
+    )
+    policy, reference, tokenizer, _ = load_models(config, full.needs)
+    data = load_run_data(config, tokenizer)
+    loader = make_loader(
+        data.train, batch_size=args.batch_size, pad_token_id=tokenizer.pad_token_id
+    )
+    tensors = next(iter(loader)).tensors
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def step(objective: Objective) -> Callable[[], None]:
+        def run() -> None:
+            policy.zero_grad(set_to_none=True)
+            batch = build_pair_batch(
+                objective.needs,
+                policy,
+                reference,
+                tensors,
+                chunk_size=config.logps_chunk_size or None,
+                anchor_sampling=sampling,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
+            objective(batch).loss.backward()
+
+        return run
+
+    def anchor() -> Any:
+        return generate_anchor(
+            policy,
+            tensors.prompt_input_ids,
+            tensors.prompt_attention_mask,
+            sampling=sampling,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+
+    torch.manual_seed(args.seed)
+    sample = anchor()
+    pair_rows = stack_sequences([tensors.chosen, tensors.rejected], pad_token_id=pad)
+    all_rows = stack_sequences(
+        [tensors.chosen, tensors.rejected, sample], pad_token_id=pad
+    )
+
+    def attribution(rows: tuple) -> Callable[[], Any]:
+        return lambda: attribution_scores(policy, rows[0], rows[1])
+
+    objectives = {
+        "dpo_step": load_recipe("dpo").objective,
+        "tdpo2_step": load_recipe("tdpo").objective,  # TI-DPO's base, unweighted
+        "ti_dpo_no_triplet_step": ti_dpo.make_objective(gamma=0.0),
+        "ti_dpo_step": ti_dpo.objective,
+    }
+    timings = {
+        name: median_seconds(step(objective), args.repeats, args.seed)
+        for name, objective in objectives.items()
+    }
+    timings["attribution_pairs"] = median_seconds(
+        attribution(pair_rows), args.repeats, args.seed
+    )
+    timings["attribution_pairs_and_anchor"] = median_seconds(
+        attribution(all_rows), args.repeats, args.seed
+    )
+    timings["generation"] = median_seconds(anchor, args.repeats, args.seed)
+    anchor_forwards = (
+        timings["ti_dpo_step"]
+        - timings["ti_dpo_no_triplet_step"]
+        - timings["generation"]
+        - (timings["attribution_pairs_and_anchor"] - timings["attribution_pairs"])
+    )
+    weighting = (
+        timings["ti_dpo_no_triplet_step"]
+        - timings["tdpo2_step"]
+        - timings["attribution_pairs"]
+    )
+    response_tokens = [
+        int((s.labels != -100).sum())
+        for s in (tensors.chosen, tensors.rejected, sample)
+    ]
+    report = {
+        "seconds_median": timings,
+        "breakdown_of_ti_dpo_over_dpo": {
+            "tdpo2_full_vocab_kl": timings["tdpo2_step"] - timings["dpo_step"],
+            "attribution_as_the_trainer_runs_it": timings[
+                "attribution_pairs_and_anchor"
+            ],
+            "generation": timings["generation"],
+            "anchor_forwards_and_triplet": anchor_forwards,
+            "weighting_remainder": weighting,
+        },
+        "ratio_ti_dpo_to_dpo": timings["ti_dpo_step"] / timings["dpo_step"],
+        "ratio_ti_dpo_no_triplet_to_dpo": timings["ti_dpo_no_triplet_step"]
+        / timings["dpo_step"],
+        "batch": {
+            "pairs": args.batch_size,
+            "padded_length": int(tensors.chosen.input_ids.shape[1]),
+            "anchor_padded_length": int(sample.input_ids.shape[1]),
+            "response_tokens_chosen_rejected_anchor": response_tokens,
+            "max_new_tokens": args.max_new_tokens,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+        },
+        "model": args.model,
+        "repeats": args.repeats,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

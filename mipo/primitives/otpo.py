@@ -1,0 +1,225 @@
+r"""OTPO's pair-coupled token weights from an unbalanced optimal-transport plan.
+
+Li, Huzhang, Zhang, Wang, Zeng, "Optimal Transport-Based Token Weighting scheme
+for Enhanced Preference Optimization", ACL 2025, arXiv 2505.18720 (code
+``Mimasss2/OTPO`` @ ``fb909ae4``; methods.md §10). With $h^c_i$, $h^r_j$ the
+detached policy last hidden states (after the final norm) that predict response
+token $i$ of $y_w$ and $j$ of $y_l$ (the one-position shift of §10.2), and the
+response masks $a = M_c$, $b = M_r$:
+
+$$ C_{ij} = \frac{\lVert h^c_i - h^r_j\rVert_2 + 10^{-6}}{N}, \qquad
+   N = \max\big(\max_{ij}\lVert h^c_i - h^r_j\rVert,\ \max_i\lVert h^c_i\rVert,
+   \ \max_j\lVert h^r_j\rVert\big) + 10^{-6} \ \text{(only if } N > 1\text{)}, $$
+
+where $N$ is the maximum of the authors' padded cost matrix (zeroed rows make the
+hidden-state norms part of it, §10.3). $\Gamma$ solves the unbalanced entropic
+problem of :mod:`mipo.sinkhorn` with $(\varepsilon, \tau)$, and the weights are the
+plan's marginals scaled to the min-length budget (§10.6):
+
+$$ \omega_c = \frac{\Gamma 1}{1^\top\Gamma 1}\min(|y_w|, |y_l|), \qquad
+   \omega_r = \frac{\Gamma^\top 1}{1^\top\Gamma 1}\min(|y_w|, |y_l|), $$
+
+so $\sum_i \omega_{c,i} = \sum_j \omega_{r,j} = \min(|y_w|, |y_l|)$. The weights are
+constants (no gradient) and the same tensor weights the policy and the reference
+log-probs (§10.7).
+"""
+
+from dataclasses import dataclass
+from typing import Literal, final
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from mipo.batch import PairBatch
+from mipo.errors import BatchError, CompositionError
+from mipo.needs import Need
+from mipo.primitives.weighter import AbstractTokenWeighter
+from mipo.sinkhorn import AbstractTransportSolver, TorchSinkhorn, check_eps_tau
+from mipo.typing import PerPair, TokenWeights
+
+_DISTANCE_OFFSET = 1e-6  # the authors add it to every distance (cdist + 1e-6)
+
+
+def transport_cost(
+    chosen: Float[Tensor, "batch n hidden"],
+    rejected: Float[Tensor, "batch m hidden"],
+    chosen_mask: Bool[Tensor, "batch n"],
+    rejected_mask: Bool[Tensor, "batch m"],
+    *,
+    normaliser: Literal["max_including_norms", "pairwise"] = "max_including_norms",
+) -> Float[Tensor, "batch n m"]:
+    r"""The cost $C$ ``[batch, n, m]`` of methods.md §10.3 (``n = m = seq`` when
+    padded; sliced supports may differ).
+
+    Masked rows of both sides are zeroed before the distances, as in the
+    authors' code, so padded entries hold hidden-state norms (they only matter
+    through the solver's first iteration; their mass is 0). ``normaliser``:
+    ``"max_including_norms"`` is the authors' padded maximum written so that it
+    does not depend on how much padding there is; ``"pairwise"`` uses
+    $\max_{ij\,\mathrm{valid}}\lVert h^c_i - h^r_j\rVert + 10^{-6}$ only (the
+    variant that moved weights by up to 0.18 at $\varepsilon = 0.1$, §10.3).
+    """
+    p = chosen * chosen_mask[..., None]
+    q = rejected * rejected_mask[..., None]
+    distance = torch.cdist(p, q, p=2.0)
+    valid = chosen_mask[:, :, None] & rejected_mask[:, None, :]
+    pairwise = torch.where(valid, distance, torch.zeros_like(distance)).amax(dim=(1, 2))
+    scale = pairwise
+    if normaliser == "max_including_norms":
+        norms = torch.maximum(p.norm(dim=-1).amax(dim=1), q.norm(dim=-1).amax(dim=1))
+        scale = torch.maximum(pairwise, norms)
+    scale = scale + _DISTANCE_OFFSET
+    # divide only when the maximum exceeds 1 (authors: `if max(C) > 1`)
+    scale = torch.where(scale > 1.0, scale, torch.ones_like(scale))
+    return (distance + _DISTANCE_OFFSET) / scale[:, None, None]
+
+
+def budget_weights(
+    chosen_marginal: Float[Tensor, "batch n"],
+    rejected_marginal: Float[Tensor, "batch m"],
+    chosen_mask: Bool[Tensor, "batch n"],
+    rejected_mask: Bool[Tensor, "batch m"],
+) -> tuple[Float[Tensor, "batch n"], Float[Tensor, "batch m"]]:
+    r"""$\omega = \text{marginal} / (1^\top\Gamma 1) \cdot \min(|y_w|, |y_l|)$, exactly 0
+    off the masks (methods.md §10.6)."""
+    budget = _min_length(chosen_mask, rejected_mask)
+    total = chosen_marginal.sum(dim=-1)
+    scale = (budget / total)[:, None]
+    chosen = chosen_marginal * scale
+    rejected = rejected_marginal * scale
+    return (
+        torch.where(chosen_mask, chosen, torch.zeros_like(chosen)),
+        torch.where(rejected_mask, rejected, torch.zeros_like(rejected)),
+    )
+
+
+def _min_length(
+    chosen_mask: Bool[Tensor, "batch n"], rejected_mask: Bool[Tensor, "batch m"]
+) -> PerPair:
+    lengths = torch.stack((chosen_mask.sum(-1), rejected_mask.sum(-1)))
+    return lengths.amin(dim=0).double()
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TransportTokenWeights(AbstractTokenWeighter):
+    r"""OTPO's weights $\omega_c = \Gamma 1$, $\omega_r = \Gamma^\top 1$ scaled to the
+    min-length budget (module docstring; methods.md §10.3–10.6).
+
+    Args:
+        eps: entropic regularisation $\varepsilon$ (authors' ``ot_reg``: 1.0 for
+            Llama-3-8B, 0.1 for Llama-3.2-3B).
+        tau: marginal relaxation $\tau$ (``ot_reg_m``, 0.2), one value for both
+            sides or a pair $(\tau_1, \tau_2)$.
+        normaliser: cost normaliser, ``"max_including_norms"`` (the authors') or
+            ``"pairwise"``.
+        solver: :class:`~mipo.sinkhorn.TorchSinkhorn` (batched, default) or
+            :class:`mipo._ot.PotSinkhorn` (POT, per pair).
+        precision: dtype of the cost and the solver; the authors cast to float32.
+    """
+
+    eps: float = 1.0
+    tau: float | tuple[float, float] = 0.2
+    normaliser: Literal["max_including_norms", "pairwise"] = "max_including_norms"
+    solver: AbstractTransportSolver = TorchSinkhorn()
+    precision: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self) -> None:
+        check_eps_tau(self.eps, self.taus, "TransportTokenWeights")
+        if self.normaliser not in ("max_including_norms", "pairwise"):
+            raise CompositionError(
+                f"TransportTokenWeights: normaliser must be 'max_including_norms' or "
+                f"'pairwise', got {self.normaliser!r}"
+            )
+        if not isinstance(self.solver, AbstractTransportSolver):
+            raise CompositionError(
+                f"TransportTokenWeights: solver {self.solver!r} is not a transport solver"
+            )
+        if self.precision not in ("float32", "float64"):
+            raise CompositionError(
+                f"TransportTokenWeights: precision must be 'float32' or 'float64', got "
+                f"{self.precision!r}"
+            )
+
+    @property
+    def taus(self) -> tuple[float, float]:
+        """$(\\tau_1, \\tau_2)$; a single value is used on both sides (as POT does)."""
+        if isinstance(self.tau, tuple):
+            return self.tau
+        return (self.tau, self.tau)
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        return frozenset({Need.HIDDEN_STATES})
+
+    def plan(self, batch: PairBatch) -> Float[Tensor, "batch seq seq"]:
+        r"""The transport plan $\Gamma$ ``[batch, seq, seq]`` (rows: chosen tokens)."""
+        chosen, rejected = batch.chosen, batch.rejected
+        if chosen.hidden_states is None or rejected.hidden_states is None:
+            role = "chosen" if chosen.hidden_states is None else "rejected"
+            raise BatchError(
+                f"{role}.hidden_states: TransportTokenWeights needs the policy's last "
+                f"hidden states"
+            )
+        dtype = getattr(torch, self.precision)
+        cost = transport_cost(
+            chosen.hidden_states.detach().to(dtype),
+            rejected.hidden_states.detach().to(dtype),
+            chosen.response_mask,
+            rejected.response_mask,
+            normaliser=self.normaliser,
+        )
+        a = chosen.response_mask.to(dtype)
+        b = rejected.response_mask.to(dtype)
+        return self.solver(cost, a, b, eps=self.eps, tau=self.taus)
+
+    def __call__(self, batch: PairBatch) -> tuple[TokenWeights, TokenWeights]:
+        gamma = self.plan(batch).detach()
+        chosen, rejected = budget_weights(
+            gamma.sum(dim=2),
+            gamma.sum(dim=1),
+            batch.chosen.response_mask,
+            batch.rejected.response_mask,
+        )
+        dtype = batch.chosen.policy_logps.dtype
+        return chosen.to(dtype), rejected.to(dtype)
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UniformBudgetWeights(AbstractTokenWeighter):
+    r"""The OTPO ablation "OT replaced by uniform weights": a uniform plan
+    $\Gamma_{ij} \propto M_{c,i} M_{r,j}$ scaled to the min-length budget,
+
+    $$ \omega_{c,i} = \frac{\min(|y_w|, |y_l|)}{|y_w|}, \qquad
+       \omega_{r,j} = \frac{\min(|y_w|, |y_l|)}{|y_l|} $$
+
+    on response tokens. With $|y_w| = |y_l|$ every weight is 1 (DPO).
+
+    References:
+        Li et al., arXiv 2505.18720, ablation table (methods.md §10.10).
+    """
+
+    def __call__(self, batch: PairBatch) -> tuple[TokenWeights, TokenWeights]:
+        chosen_mask = batch.chosen.response_mask
+        rejected_mask = batch.rejected.response_mask
+        dtype = batch.chosen.policy_logps.dtype
+        lengths_c = chosen_mask.sum(-1, keepdim=True).double()
+        lengths_r = rejected_mask.sum(-1, keepdim=True).double()
+        # marginals of the uniform plan M_c M_r^T: row sums |y_l|, column sums |y_w|
+        chosen, rejected = budget_weights(
+            chosen_mask.double() * lengths_r,
+            rejected_mask.double() * lengths_c,
+            chosen_mask,
+            rejected_mask,
+        )
+        return chosen.to(dtype), rejected.to(dtype)
+
+
+__all__ = [
+    "TransportTokenWeights",
+    "UniformBudgetWeights",
+    "budget_weights",
+    "transport_cost",
+]

@@ -1,0 +1,230 @@
+"""Gradient attribution scores and anchor generation on a tiny random Llama.
+
+The attribution oracle runs each row alone, without padding, through the full
+causal LM (``model(inputs_embeds=...).logits``) and differentiates the largest
+logit at its last token with respect to that row's embeddings: an independent
+per-row computation of methods.md §11.3 (1).
+"""
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from mipo.anchor import AnchorSampling, generate_anchor
+from mipo.attribution import attribution_scores, last_valid_position
+
+VOCAB = 97
+EOS = 2
+PAD = 0
+
+
+def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return LlamaForCausalLM(config).to(dtype)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return tiny_llama()
+
+
+def right_padded(
+    lengths: list[int], seed: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
+    mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.randint(3, VOCAB, (length,), generator=generator)
+        mask[row, :length] = 1
+    return ids, mask
+
+
+def oracle_scores(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """One unpadded row: ||d max_v z_{T,v} / d e_i||_1 via the full model."""
+    embeddings = model.get_input_embeddings()(ids[None]).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeddings, use_cache=False).logits
+    (gradient,) = torch.autograd.grad(logits[0, -1].max(), embeddings)
+    return gradient[0].abs().sum(-1)
+
+
+def test_scores_match_a_per_row_oracle_and_padding_is_zero(model: nn.Module) -> None:
+    lengths = [7, 4, 9, 1]
+    ids, mask = right_padded(lengths)
+    scores = attribution_scores(model, ids, mask)
+    assert scores.shape == ids.shape and scores.dtype == torch.float32
+    for row, length in enumerate(lengths):
+        expected = oracle_scores(model, ids[row, :length]).float()
+        assert_close(scores[row, :length], expected, rtol=1e-5, atol=1e-7)
+        assert bool((scores[row, length:] == 0).all())
+        assert bool((scores[row, :length] > 0).all())
+
+
+def test_scores_do_not_depend_on_the_other_rows(model: nn.Module) -> None:
+    ids, mask = right_padded([6, 3, 8])
+    together = attribution_scores(model, ids, mask)
+    alone = attribution_scores(model, ids[1:2, :3], mask[1:2, :3])
+    assert_close(together[1:2, :3], alone)
+
+
+def test_parameter_gradients_are_untouched_and_modes_restored(model: nn.Module) -> None:
+    parameters = list(model.parameters())
+    marker = torch.full_like(parameters[0], 0.5)
+    parameters[0].grad = marker.clone()
+    model.train()
+    frozen = model.model.layers[0]
+    frozen.eval()
+    ids, mask = right_padded([5, 5])
+    scores = attribution_scores(model, ids, mask)
+    assert not scores.requires_grad
+    assert_close(parameters[0].grad, marker)
+    assert all(p.grad is None for p in parameters[1:])
+    assert model.training and not frozen.training
+    assert all(
+        m.training
+        for m in model.modules()
+        if m is not frozen and m not in set(frozen.modules())
+    )
+    parameters[0].grad = None
+    model.eval()
+
+
+def test_modes_are_restored_after_an_exception(model: nn.Module) -> None:
+    model.train()
+    ids, mask = right_padded([3])
+    ids[0, 0] = VOCAB + 5  # out of the embedding table
+    with pytest.raises(IndexError):
+        attribution_scores(model, ids, mask)
+    assert all(m.training for m in model.modules())
+    model.eval()
+
+
+def test_scores_are_computed_under_no_grad_too(model: nn.Module) -> None:
+    ids, mask = right_padded([4, 2])
+    with torch.no_grad():
+        scores = attribution_scores(model, ids, mask)
+    assert_close(scores, attribution_scores(model, ids, mask))
+
+
+def test_last_valid_position_handles_both_paddings() -> None:
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
+    assert last_valid_position(mask).tolist() == [1, 3, -1]
+
+
+def test_a_row_without_tokens_is_refused(model: nn.Module) -> None:
+    ids, mask = right_padded([3, 2])
+    mask[1] = 0
+    with pytest.raises(ValueError, match=r"rows \[1\] have no valid token"):
+        attribution_scores(model, ids, mask)
+
+
+# ---------------------------------------------------------------- anchor
+
+
+def left_padded_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor(
+        [[PAD, PAD, 5, 6, 7], [8, 9, 10, 11, 12], [PAD, PAD, PAD, 13, 14]]
+    )
+    return ids, (ids != PAD).long()
+
+
+def test_generate_anchor_returns_well_formed_right_padded_sequences(
+    model: nn.Module,
+) -> None:
+    prompts, prompt_mask = left_padded_prompts()
+    torch.manual_seed(0)
+    model.train()
+    anchor = generate_anchor(
+        model,
+        prompts,
+        prompt_mask,
+        sampling=AnchorSampling(max_new_tokens=6),
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    assert model.training
+    model.eval()
+    ids, mask, labels = anchor.input_ids, anchor.attention_mask, anchor.labels
+    assert ids.shape == mask.shape == labels.shape
+    assert not ids.requires_grad
+    for row in range(prompts.shape[0]):
+        prompt = prompts[row][prompt_mask[row].bool()]
+        p = prompt.shape[0]
+        n = int(mask[row].sum())
+        assert bool((mask[row, :n] == 1).all()) and bool((mask[row, n:] == 0).all())
+        assert ids[row, :p].tolist() == prompt.tolist()
+        assert bool((labels[row, :p] == -100).all())
+        assert bool((labels[row, n:] == -100).all())
+        assert bool((ids[row, n:] == PAD).all())
+        response = labels[row, p:n]
+        assert 1 <= response.shape[0] <= 6
+        assert response.tolist() == ids[row, p:n].tolist()
+        # EOS only as the last response token
+        assert EOS not in response[:-1].tolist()
+
+
+def test_an_immediate_eos_is_a_one_token_response(model: nn.Module) -> None:
+    """top_k = 1 makes sampling deterministic; declaring the first sampled token
+    the EOS makes every response that single token."""
+    prompts, prompt_mask = left_padded_prompts()
+    greedy = AnchorSampling(max_new_tokens=4, top_k=1)
+    first = generate_anchor(
+        model,
+        prompts[:1],
+        prompt_mask[:1],
+        sampling=greedy,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    token = int(first.labels[0, 3])
+    anchor = generate_anchor(
+        model,
+        prompts[:1],
+        prompt_mask[:1],
+        sampling=greedy,
+        pad_token_id=PAD,
+        eos_token_id=token,
+    )
+    assert anchor.labels.tolist() == [[-100, -100, -100, token]]
+    assert anchor.attention_mask.tolist() == [[1, 1, 1, 1]]
+
+
+def test_max_length_caps_the_new_tokens(model: nn.Module) -> None:
+    prompts, prompt_mask = left_padded_prompts()
+    anchor = generate_anchor(
+        model,
+        prompts,
+        prompt_mask,
+        sampling=AnchorSampling(max_new_tokens=64),
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        max_length=7,
+    )
+    assert anchor.input_ids.shape[1] <= 7
+    with pytest.raises(ValueError, match="max_length=5 leaves no room"):
+        generate_anchor(
+            model,
+            prompts,
+            prompt_mask,
+            sampling=AnchorSampling(),
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            max_length=5,
+        )

@@ -1,0 +1,373 @@
+"""TI-DPO: the attribution-plus-prior token weights and the composed objective.
+
+Oracles are written here from methods.md §11.3 (2) and (4), per row in float64
+Python/NumPy, never by calling mipo.
+"""
+
+import math
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+from builders import F64, pair_batches, random_batch, side
+from hypothesis import example, given
+from torch.testing import assert_close
+
+from mipo import BatchError, CompositionError, Need, PairBatch, Side
+from mipo.primitives import GradientAttributionWeights
+from mipo.recipes import load_recipe
+
+TI_DPO = load_recipe("ti_dpo")
+BATCH_NEEDS = (
+    Need.REFERENCE_LOGPS,
+    Need.KL_FORWARD,
+    Need.ATTRIBUTION_SCORES,
+    Need.SEQUENCE_MASK,
+)
+
+
+# ------------------------------------------------------------------ oracles
+
+
+def weights_oracle(
+    scores: list[float], span: list[bool], lam: float, sigma_div: float
+) -> list[float]:
+    """methods.md §11.3 (2) for one row, in float64 Python."""
+    positions = [t for t, inside in enumerate(span) if inside]
+    n = len(positions)
+    centre = (n - 1) / 2
+    sigma = max(1.0, n / sigma_div)
+    prior = [math.exp(-0.5 * ((k - centre) / sigma) ** 2) for k in range(n)]
+    prior = [p / sum(prior) for p in prior]
+    positive = [max(scores[t], 0.0) for t in positions]
+    total = sum(positive)
+    share = [s / total for s in positive] if total > 0 else prior
+    mixed = [lam * s + (1 - lam) * p for s, p in zip(share, prior, strict=True)]
+    out = [0.0] * len(span)
+    for k, t in enumerate(positions):
+        out[t] = n * mixed[k] / sum(mixed)
+    return out
+
+
+def batch_weights_oracle(
+    side_: Side, lam: float, sigma_div: float, span: str
+) -> torch.Tensor:
+    mask = side_.response_mask if span == "response" else side_.sequence_mask
+    assert mask is not None and side_.attribution_scores is not None
+    rows = [
+        weights_oracle(scores, row_mask, lam, sigma_div)
+        for scores, row_mask in zip(
+            side_.attribution_scores.tolist(), mask.tolist(), strict=True
+        )
+    ]
+    return torch.tensor(rows, dtype=F64)
+
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def weighted_tdpo2_oracle(
+    batch: PairBatch, weights: tuple[torch.Tensor, torch.Tensor], beta: float, alpha
+) -> float:
+    """mean softplus(-beta z), z = (m_w - m_l) - alpha (K_l - K_w) (values only),
+    m = sum_t w_t (lp_pol - lp_ref), K = sum_t KL_t (unweighted)."""
+    losses = []
+    for row in range(batch.size):
+        parts = []
+        for side_, w in ((batch.chosen, weights[0]), (batch.rejected, weights[1])):
+            mask = side_.response_mask[row].tolist()
+            pol = side_.policy_logps[row].tolist()
+            assert side_.reference_logps is not None
+            ref = side_.reference_logps[row].tolist()
+            kl = (
+                side_.kl_forward[row].tolist()
+                if side_.kl_forward is not None
+                else [0.0] * len(mask)
+            )
+            wt = w[row].tolist()
+            m = sum(wt[t] * (pol[t] - ref[t]) for t in range(len(mask)) if mask[t])
+            k = sum(kl[t] for t in range(len(mask)) if mask[t])
+            parts.append((m, k))
+        (m_w, k_w), (m_l, k_l) = parts
+        z = (m_w - m_l) - alpha * (k_l - k_w)
+        losses.append(_softplus(-beta * z))
+    return sum(losses) / len(losses)
+
+
+# ------------------------------------------------------------------ weights
+
+
+def test_hand_worked_weights_mix_scores_and_prior() -> None:
+    """n = 3, d = 4: sigma = max(1, 3/4) = 1, centre 1, so
+    p = (e^-1/2, 1, e^-1/2) / (1 + 2 e^-1/2) = (0.274068, 0.451863, 0.274068);
+    scores (1, -2, 3) -> s = (1/4, 0, 3/4); lam = 1/2:
+    w = 3 * (s + p) / 2 = (0.786103, 0.677795, 1.536103). The prompt position is 0."""
+    batch_side = side(
+        [[0.0, -1.0, -1.0, -1.0]],
+        [[False, True, True, True]],
+        attribution_scores=[[9.0, 1.0, -2.0, 3.0]],
+    )
+    weights = GradientAttributionWeights(lam=0.5).weigh(batch_side)
+    e = math.exp(-0.5)
+    prior = [e / (1 + 2 * e), 1 / (1 + 2 * e), e / (1 + 2 * e)]
+    share = [0.25, 0.0, 0.75]
+    expected = [0.0] + [1.5 * (s + p) for s, p in zip(share, prior, strict=True)]
+    assert_close(weights, torch.tensor([expected], dtype=F64))
+    assert_close(
+        weights[0, 1:],
+        torch.tensor([0.786103, 0.677795, 1.536103], dtype=F64),
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+@given(
+    batch=pair_batches(BATCH_NEEDS),
+    lam=st.floats(0.0, 1.0),
+    sigma_div=st.floats(0.5, 16.0),
+    span=st.sampled_from(["response", "sequence"]),
+)
+def test_weights_match_a_float64_oracle(
+    batch: PairBatch, lam: float, sigma_div: float, span: str
+) -> None:
+    weighter = GradientAttributionWeights(lam=lam, prior_sigma_div=sigma_div, span=span)
+    chosen, rejected = weighter(batch)
+    assert_close(chosen, batch_weights_oracle(batch.chosen, lam, sigma_div, span))
+    assert_close(rejected, batch_weights_oracle(batch.rejected, lam, sigma_div, span))
+
+
+@given(batch=pair_batches(BATCH_NEEDS), span=st.sampled_from(["response", "sequence"]))
+def test_weights_have_mean_one_over_the_span_and_vanish_outside(
+    batch: PairBatch, span: str
+) -> None:
+    weighter = GradientAttributionWeights(span=span)
+    for role, weights in zip(("chosen", "rejected"), weighter(batch), strict=True):
+        side_ = getattr(batch, role)
+        mask = side_.response_mask if span == "response" else side_.sequence_mask
+        assert bool((weights >= 0).all())
+        assert bool((weights[~mask] == 0).all())
+        assert_close(weights.sum(-1), mask.sum(-1).to(F64))
+
+
+@given(batch=pair_batches(BATCH_NEEDS), sigma_div=st.floats(0.5, 16.0))
+def test_lambda_zero_gives_the_position_prior_scaled_to_mean_one(
+    batch: PairBatch, sigma_div: float
+) -> None:
+    """lam = 0: w = n p whatever the scores (methods.md §11.9)."""
+    chosen, _ = GradientAttributionWeights(lam=0.0, prior_sigma_div=sigma_div)(batch)
+    expected = []
+    for mask in batch.chosen.response_mask.tolist():
+        n = sum(mask)
+        sigma = max(1.0, n / sigma_div)
+        prior = [math.exp(-0.5 * ((k - (n - 1) / 2) / sigma) ** 2) for k in range(n)]
+        values = iter([n * p / sum(prior) for p in prior])
+        expected.append([next(values) if inside else 0.0 for inside in mask])
+    assert_close(chosen, torch.tensor(expected, dtype=F64))
+
+
+@given(
+    batch=pair_batches(BATCH_NEEDS),
+    level=st.floats(0.01, 5.0),
+    span=st.sampled_from(["response", "sequence"]),
+)
+def test_uniform_scores_with_lambda_one_give_unit_weights(
+    batch: PairBatch, level: float, span: str
+) -> None:
+    uniform = batch.chosen.replace(
+        attribution_scores=torch.full_like(batch.chosen.policy_logps, level)
+    )
+    weights = GradientAttributionWeights(lam=1.0, span=span).weigh(uniform)
+    mask = uniform.response_mask if span == "response" else uniform.sequence_mask
+    assert_close(weights, mask.to(F64))
+
+
+def test_non_positive_scores_fall_back_to_the_prior_alone() -> None:
+    """sum max(I, 0) = 0: s = p, so every lam gives n p (the code's rule)."""
+    batch_side = side(
+        [[-1.0, -1.0, -1.0, -1.0]], attribution_scores=[[-1.0, 0.0, -3.0, 0.0]]
+    )
+    prior_only = GradientAttributionWeights(lam=0.0).weigh(batch_side)
+    for lam in (0.3, 1.0):
+        assert_close(GradientAttributionWeights(lam=lam).weigh(batch_side), prior_only)
+
+
+def test_weights_carry_no_gradient() -> None:
+    batch = random_batch(BATCH_NEEDS, seed=4)
+    scores = batch.chosen.attribution_scores
+    assert scores is not None
+    live = batch.chosen.replace(attribution_scores=scores.clone().requires_grad_(True))
+    weights = GradientAttributionWeights().weigh(live)
+    assert not weights.requires_grad
+
+
+def test_sequence_span_without_sequence_mask_names_the_field() -> None:
+    batch = random_batch((Need.ATTRIBUTION_SCORES,), seed=5)
+    with pytest.raises(BatchError, match=r"^sequence_mask: .*span='sequence'"):
+        GradientAttributionWeights(span="sequence")(batch)
+
+
+def test_response_outside_the_sequence_mask_is_refused() -> None:
+    bad = side(
+        [[-1.0, -1.0]],
+        [[True, True]],
+        attribution_scores=[[1.0, 1.0]],
+        sequence_mask=[[True, False]],
+    )
+    with pytest.raises(BatchError, match=r"rows \[0\] have response tokens outside"):
+        GradientAttributionWeights(span="sequence").weigh(bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"lam": 1.5}, "lam"),
+        ({"lam": -0.1}, "lam"),
+        ({"prior_sigma_div": 0.0}, "prior_sigma_div"),
+        ({"prior_sigma_div": math.inf}, "prior_sigma_div"),
+    ],
+)
+def test_bad_hyperparameters_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(CompositionError, match=f"GradientAttributionWeights.{field}"):
+        GradientAttributionWeights(**kwargs)
+
+
+def test_needs_follow_the_span() -> None:
+    assert GradientAttributionWeights().needs == {Need.ATTRIBUTION_SCORES}
+    assert GradientAttributionWeights(span="sequence").needs == {
+        Need.ATTRIBUTION_SCORES,
+        Need.SEQUENCE_MASK,
+    }
+
+
+# ------------------------------------------------------------------ objective
+
+
+def test_recipe_needs_are_exactly_what_ti_dpo_reads() -> None:
+    make = TI_DPO.make_objective
+    assert make().needs == {
+        Need.REFERENCE_LOGPS,
+        Need.KL_FORWARD,
+        Need.ATTRIBUTION_SCORES,
+        Need.ANCHOR,
+    }
+    assert Need.SEQUENCE_MASK in make(span="sequence").needs
+    assert Need.ANCHOR not in make(gamma=0.0).needs
+    assert Need.KL_FORWARD not in make(alpha_tdpo=0.0).needs
+
+
+def test_recipe_defaults_are_the_paper_values() -> None:
+    """Table B13 (methods.md §11.4); margin: the code default (none in the paper)."""
+    assert TI_DPO.factory_defaults() == {
+        "beta": 0.1,
+        "alpha_tdpo": 0.5,
+        "gamma": 0.1,
+        "lam": 0.7,
+        "prior_sigma_div": 4.0,
+        "span": "response",
+        "alpha_triplet": 0.1,
+    }
+    (term,) = TI_DPO.objective.terms
+    assert (term.name, term.weight, term.term.margin) == ("triplet", 0.1, 0.1)
+    sampling = term.term.sampling
+    assert (sampling.max_new_tokens, sampling.top_k) == (64, 50)
+    assert (sampling.top_p, sampling.temperature) == (0.95, 0.8)
+
+
+@given(
+    batch=pair_batches(BATCH_NEEDS),
+    beta=st.floats(0.01, 2.0),
+    lam=st.floats(0.0, 1.0),
+    span=st.sampled_from(["response", "sequence"]),
+)
+def test_without_kl_and_triplet_ti_dpo_is_weighted_dpo(
+    batch: PairBatch, beta: float, lam: float, span: str
+) -> None:
+    """alpha_tdpo = 0, gamma = 0: -log sigmoid(beta [sum w l(y_w) - sum w l(y_l)])."""
+    objective = TI_DPO.make_objective(
+        beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=lam, span=span
+    )
+    weights = tuple(
+        batch_weights_oracle(getattr(batch, role), lam, 4.0, span)
+        for role in ("chosen", "rejected")
+    )
+    expected = weighted_tdpo2_oracle(batch, weights, beta, alpha=0.0)
+    assert_close(objective(batch).loss.item(), expected, rtol=1e-9, atol=1e-10)
+
+
+@given(batch=pair_batches(BATCH_NEEDS), beta=st.floats(0.01, 2.0))
+def test_with_unit_weights_ti_dpo_without_kl_and_triplet_is_dpo(
+    batch: PairBatch, beta: float
+) -> None:
+    """lam = 1 and uniform scores give w = 1: plain DPO (methods.md §11.9)."""
+    uniform = {
+        role: getattr(batch, role).replace(
+            attribution_scores=torch.ones_like(getattr(batch, role).policy_logps)
+        )
+        for role in ("chosen", "rejected")
+    }
+    batch = PairBatch(**uniform)
+    objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=1.0)
+    ones = tuple(
+        getattr(batch, r).response_mask.to(F64) for r in ("chosen", "rejected")
+    )
+    expected = weighted_tdpo2_oracle(batch, ones, beta, alpha=0.0)
+    assert_close(objective(batch).loss.item(), expected, rtol=1e-9, atol=1e-10)
+
+
+@given(
+    batch=pair_batches(BATCH_NEEDS),
+    beta=st.floats(0.01, 2.0),
+    alpha=st.floats(0.0, 2.0),
+)
+@example(batch=random_batch(BATCH_NEEDS, seed=0), beta=0.1, alpha=0.5)
+def test_without_triplet_ti_dpo_is_weighted_tdpo2(
+    batch: PairBatch, beta: float, alpha: float
+) -> None:
+    """gamma = 0: the released base, TDPO2 with attribution weights on the
+    log-ratios and an unweighted forward KL (methods.md §11.3 (4))."""
+    objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=alpha, gamma=0.0)
+    weights = tuple(
+        batch_weights_oracle(getattr(batch, role), 0.7, 4.0, "response")
+        for role in ("chosen", "rejected")
+    )
+    expected = weighted_tdpo2_oracle(batch, weights, beta, alpha=alpha)
+    assert_close(objective(batch).loss.item(), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_tdpo2_stop_gradient_is_on_the_chosen_kl_only() -> None:
+    batch = random_batch(BATCH_NEEDS, seed=6, requires_grad=True)
+    TI_DPO.make_objective(gamma=0.0)(batch).loss.backward()
+    assert batch.chosen.kl_forward is not None and batch.rejected.kl_forward is not None
+    assert batch.chosen.kl_forward.grad is None
+    rejected_grad = batch.rejected.kl_forward.grad
+    assert rejected_grad is not None
+    assert bool((rejected_grad[batch.rejected.response_mask] != 0).all())
+
+
+def test_weights_receive_no_gradient_through_the_objective() -> None:
+    batch = random_batch(BATCH_NEEDS, seed=7, requires_grad=True)
+    live = {
+        role: getattr(batch, role).replace(
+            attribution_scores=getattr(batch, role)
+            .attribution_scores.clone()
+            .requires_grad_(True)
+        )
+        for role in ("chosen", "rejected")
+    }
+    batch = PairBatch(**live)
+    TI_DPO.make_objective(gamma=0.0)(batch).loss.backward()
+    for role in ("chosen", "rejected"):
+        assert getattr(batch, role).attribution_scores.grad is None
+
+
+def test_full_ti_dpo_adds_gamma_times_the_triplet_per_pair() -> None:
+    """loss = mean(base + gamma T): compare with gamma = 0 plus the term's own mean."""
+    batch = random_batch(frozenset(BATCH_NEEDS) | {Need.ANCHOR}, seed=8)
+    full = TI_DPO.make_objective(gamma=0.3)(batch)
+    base = TI_DPO.make_objective(gamma=0.0)(batch)
+    triplet = full.metrics["terms/triplet"]
+    assert_close(full.loss, base.loss + 0.3 * triplet)
+    assert "terms/triplet" not in base.metrics
+    assert bool(np.isfinite(full.loss.item()))

@@ -87,19 +87,21 @@ def attribution_scores(
     decoder = causal_lm.get_decoder()
     head = causal_lm.get_output_embeddings()
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    # Columns after every row's last valid token are padding everywhere: causal
+    # attention never lets them reach a target, so they are cut before the forward.
+    width = int(last.max()) + 1
+    ids, mask = input_ids[:, :width], attention_mask[:, :width]
     with eval_mode(model), torch.enable_grad():
-        embeddings = causal_lm.get_input_embeddings()(input_ids).detach()
+        embeddings = causal_lm.get_input_embeddings()(ids).detach()
         embeddings.requires_grad_(True)
-        out = decoder(
-            inputs_embeds=embeddings, attention_mask=attention_mask, use_cache=False
-        )
+        out = decoder(inputs_embeds=embeddings, attention_mask=mask, use_cache=False)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         # Only the last valid position of each row is projected to the vocabulary:
         # the full [batch, length, vocab] logits are never materialised.
         target = head(hidden[rows, last]).float().amax(dim=-1).sum()
         (gradient,) = torch.autograd.grad(target, embeddings)
-    scores = gradient.float().abs().sum(dim=-1)
-    return scores * attention_mask.to(scores.dtype)
+    scores = gradient.float().abs().sum(dim=-1) * mask.to(torch.float32)
+    return torch.nn.functional.pad(scores, (0, input_ids.shape[1] - width))
 
 
 __all__ = ["attribution_scores", "eval_mode", "last_valid_position"]

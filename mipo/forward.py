@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mipo.batch import PairBatch, Side
-from mipo.logps import IGNORE_INDEX, final_hidden_states, token_stats
+from mipo.logps import IGNORE_INDEX, TokenStats, final_hidden_states, token_stats
 from mipo.model import REFERENCE_NEEDS, AbstractReference
 from mipo.needs import Need
 
@@ -26,17 +26,38 @@ ATTRIBUTION_NEEDS = frozenset({Need.ATTRIBUTION_SCORES, Need.SEQUENCE_MASK})
 
 
 class CausalLMBody(nn.Module):
-    """The decoder body of a causal LM as a module whose ``forward`` returns the
-    final hidden states. Accelerate wraps this module (DDP/FSDP), so the policy
-    forward goes through the wrapper while the head is applied by
-    :func:`~mipo.logps.token_stats`."""
+    """A causal LM as the module accelerate wraps (DDP, FSDP, DeepSpeed): its
+    ``forward`` runs the decoder body *and* the head through
+    :func:`~mipo.logps.token_stats`, so sharded parameters (the tied head
+    included) are gathered for the whole policy computation."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return final_hidden_states(self.model, input_ids, attention_mask)
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor,
+        reference_hidden: Tensor | None = None,
+        reference_head: nn.Module | None = None,
+        kl_forward: bool = False,
+        kl_reverse: bool = False,
+        chunk_size: int | None = None,
+    ) -> tuple[Tensor, TokenStats]:
+        hidden = final_hidden_states(self.model, input_ids, attention_mask)
+        stats = token_stats(
+            hidden,
+            self.model.get_output_embeddings(),
+            labels,
+            reference_hidden=reference_hidden,
+            reference_head=reference_head,
+            kl_forward=kl_forward,
+            kl_reverse=kl_reverse,
+            chunk_size=chunk_size,
+        )
+        return hidden, stats
 
 
 def stack_sequences(
@@ -94,7 +115,7 @@ def build_pair_batch(
         reference: the reference model, or ``None`` when none is needed or its
             log-probs are precomputed.
         tensors: a ``mipo.data.collate.PairTensors`` on the policy's device.
-        policy_body: the module that runs the policy forward (a
+        policy_body: the module that runs the policy forward and head (a
             :class:`CausalLMBody`, possibly wrapped by accelerate); built from
             ``policy`` when omitted.
         chunk_size: ``None`` for the eager log-prob path, else the chunk size.
@@ -130,7 +151,6 @@ def build_pair_batch(
         from mipo.attribution import attribution_scores
 
         scores = attribution_scores(policy, ids, mask)[:, 1:]
-    hidden = body(ids, mask)
     needs_reference = bool(needs & REFERENCE_NEEDS)
     reference_hidden = reference_head = None
     if needs_reference and reference is not None:
@@ -143,9 +163,9 @@ def build_pair_batch(
             "the objective needs reference_logps but neither a reference model nor "
             "precomputed reference log-probs were given"
         )
-    stats = token_stats(
-        hidden,
-        policy.get_output_embeddings(),
+    hidden, stats = body(
+        ids,
+        mask,
         labels,
         reference_hidden=reference_hidden,
         reference_head=reference_head,

@@ -188,6 +188,8 @@ def train(
     config, objective_kwargs, objective = resolve(recipe_obj, merged)
     needs = objective.needs
     accelerator = Accelerator(
+        # Without a GPU, cpu=True lets torchrun / accelerate launch start gloo DDP.
+        cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if config.precision == "bf16" else "no",
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )

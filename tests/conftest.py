@@ -7,6 +7,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# The suite runs as two pytest-xdist workers on two cores, and most tensors are tiny:
+# one intra-op thread per worker avoids oversubscription (a 4x8x11 log_softmax takes
+# ~8 ms with two threads here and microseconds with one).
+torch.set_num_threads(1)
+
 settings.register_profile(
     "dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -260,3 +260,35 @@ def pair_logits(
         for role in range(2)
     ]
     return PairLogits(chosen=sides[0], rejected=sides[1])
+
+
+def example_pair(
+    *,
+    chosen_policy: list,
+    chosen_reference: list,
+    rejected_policy: list,
+    rejected_reference: list,
+    chosen_labels: list,
+    rejected_labels: list,
+) -> PairLogits:
+    """A hand-written pair for ``@example``: ``[batch][seq][vocab]`` logits,
+    ``[batch][seq]`` labels, every position a response token, unit weights."""
+    sides = []
+    for policy, reference, labels in (
+        (chosen_policy, chosen_reference, chosen_labels),
+        (rejected_policy, rejected_reference, rejected_labels),
+    ):
+        label_array = np.asarray(labels, dtype=np.int64)
+        batch, seq = label_array.shape
+        sides.append(
+            make_side(
+                policy_logits=np.asarray(policy, dtype=np.float64),
+                reference_logits=np.asarray(reference, dtype=np.float64),
+                labels=label_array,
+                prompt=np.zeros(batch, dtype=np.int64),
+                lengths=np.full(batch, seq),
+                token_weights=np.ones((batch, seq)),
+                kl_weights=np.ones((batch, seq)),
+            )
+        )
+    return PairLogits(chosen=sides[0], rejected=sides[1])

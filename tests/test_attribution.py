@@ -84,6 +84,16 @@ def test_scores_do_not_depend_on_the_other_rows(model: nn.Module) -> None:
     assert_close(together[1:2, :3], alone)
 
 
+def test_extra_padding_columns_change_nothing(model: nn.Module) -> None:
+    ids, mask = right_padded([5, 3])
+    wide_ids = torch.cat([ids, torch.full((2, 4), PAD)], dim=1)
+    wide_mask = torch.cat([mask, torch.zeros((2, 4), dtype=torch.long)], dim=1)
+    wide = attribution_scores(model, wide_ids, wide_mask)
+    assert wide.shape == (2, 9)
+    assert_close(wide[:, :5], attribution_scores(model, ids, mask))
+    assert bool((wide[:, 5:] == 0).all())
+
+
 def test_parameter_gradients_are_untouched_and_modes_restored(model: nn.Module) -> None:
     parameters = list(model.parameters())
     marker = torch.full_like(parameters[0], 0.5)

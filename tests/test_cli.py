@@ -50,7 +50,9 @@ def test_convert_types(raw: object, annotation: object, expected: object) -> Non
         (True, int, "expected an int"),
     ],
 )
-def test_convert_rejects_bad_values(raw: object, annotation: object, message: str) -> None:
+def test_convert_rejects_bad_values(
+    raw: object, annotation: object, message: str
+) -> None:
     with pytest.raises(OverrideError, match=message):
         convert(raw, annotation, "train.x")
 
@@ -93,7 +95,9 @@ def test_unknown_group_fails() -> None:
 
 def test_object_valued_factory_argument_is_refused_clearly() -> None:
     recipe = load_recipe("recipes/dpo.py")
-    with pytest.raises(OverrideError, match="--objective.prior: has type AbstractPrior"):
+    with pytest.raises(
+        OverrideError, match="--objective.prior: has type AbstractPrior"
+    ):
         split_overrides(recipe, {"objective.prior": "UniformPrior()"})
 
 

@@ -59,7 +59,10 @@ def test_gold_accuracy_scores_greedy_answers() -> None:
     assert policy.training  # restored
     assert tokenizer.padding_side == "right"  # restored
     # prompts were rendered with the chat template and a generation prompt
-    assert all(p.rstrip("<|im_end|>").endswith("<|im_start|>assistant\n") for p in policy.prompts)
+    assert all(
+        p.rstrip("<|im_end|>").endswith("<|im_start|>assistant\n")
+        for p in policy.prompts
+    )
     assert "What is" in policy.prompts[0]
 
 

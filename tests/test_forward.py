@@ -79,13 +79,19 @@ def test_reference_logps_only(setup: tuple) -> None:
         tensors,
         pad_token_id=tokenizer.pad_token_id,
     )
-    for side, data in ((batch.chosen, tensors.chosen), (batch.rejected, tensors.rejected)):
+    for side, data in (
+        (batch.chosen, tensors.chosen),
+        (batch.rejected, tensors.rejected),
+    ):
         assert side.kl_forward is None and side.kl_reverse is None
         assert side.hidden_states is None and side.token_weights is None
         assert side.attribution_scores is None and side.sequence_mask is None
         mask = data.labels[:, 1:] != -100
         assert torch.equal(side.response_mask, mask)
-        for values, model in ((side.policy_logps, policy), (side.reference_logps, reference_model)):
+        for values, model in (
+            (side.policy_logps, policy),
+            (side.reference_logps, reference_model),
+        ):
             full, labels = oracle(model, data)
             picked = full.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             expected = torch.where(mask, picked, torch.zeros_like(picked))

@@ -19,7 +19,7 @@ per-pair loop in the overhead benchmark.
 
 import warnings
 from dataclasses import dataclass
-from typing import final
+from typing import Literal, final
 
 import numpy as np
 import ot
@@ -58,7 +58,7 @@ class PotSinkhorn(AbstractTransportSolver):
     max_iter: int = 1000
     tol: float = 1e-6
     absorb_threshold: float = 1e5
-    reg_type: str = "entropy"
+    reg_type: Literal["entropy", "kl"] = "entropy"
 
     def __post_init__(self) -> None:
         if self.max_iter < 1:

@@ -10,6 +10,7 @@ the key and what was expected. ``--config FILE.yaml`` holds the same dotted keys
 (``train.learning_rate: 1e-6``); keys given on the command line win.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -146,14 +147,11 @@ def convert(value: Any, annotation: Any, key: str) -> Any:
         options = typing.get_args(annotation)
         if type(None) in options and _is_none(value):
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
-            try:
+            with contextlib.suppress(OverrideError):
                 return convert(value, option, key)
-            except OverrideError as error:
-                errors.append(str(error))
         raise OverrideError(
             f"--{key}={value!r}: expected {describe(annotation)}"
         ) from None

@@ -138,7 +138,7 @@ class AbstractReference(abc.ABC):
     def head(self) -> nn.Module:
         """The output embedding."""
 
-    def to(self, device: torch.device) -> "AbstractReference":
+    def to(self, device: torch.device) -> "AbstractReference":  # noqa: ARG002
         """Move to ``device`` (no-op for references that share the policy)."""
         return self
 

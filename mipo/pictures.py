@@ -29,7 +29,7 @@ from mipo.primitives.weighter import AbstractTokenWeighter
 from mipo.typing import TokenWeights
 
 _COLORMAP = "coolwarm"
-_CHARS_PER_LINE = 90
+_CHARS_PER_LINE = 100
 
 
 def prior_weighters(prior: AbstractPrior) -> tuple[AbstractTokenWeighter, ...]:
@@ -154,6 +154,7 @@ def render_png(
         if len(tokens) != len(weights):
             raise ValueError(f"render_png: row {title!r}: tokens and weights differ")
         lines.append((title, []))
+        lines.append(("", []))  # tokens start on their own line
         column = 0
         for token, weight in zip(tokens, weights, strict=True):
             text = _visible(token)
@@ -162,9 +163,9 @@ def render_png(
                 column = 0
             lines[-1][1].append((column, text, weight))
             column += len(text)
-    height = 0.9 + 0.28 * len(lines)
-    figure = plt.figure(figsize=(_CHARS_PER_LINE * 0.085 + 0.5, height))
-    char_width = 0.085 / figure.get_figwidth()
+    height = 1.2 + 0.28 * len(lines)
+    figure = plt.figure(figsize=(_CHARS_PER_LINE * 0.075 + 0.5, height))
+    char_width = 0.075 / figure.get_figwidth()
     line_height = 0.28 / height
     for index, (title, pieces) in enumerate(lines):
         y = 1 - (index + 1) * line_height
@@ -180,7 +181,7 @@ def render_png(
                 fontsize=8.5,
                 bbox={"facecolor": _rgba(weight, low, high), "pad": 0.5, "lw": 0},
             )
-    axis = figure.add_axes((0.1, 0.15 / height, 0.8, 0.12 / height))
+    axis = figure.add_axes((0.1, 0.5 / height, 0.8, 0.12 / height))
     figure.colorbar(
         ScalarMappable(Normalize(low, high), _COLORMAP),
         cax=axis,
@@ -218,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--model", default=None, help="overrides the recipe's model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="overrides train.max_length"
+    )
     args = parser.parse_args(argv)
 
     recipe = load_recipe(args.recipe)
@@ -225,6 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     config = recipe.train
     if args.model is not None:
         config = dataclasses.replace(config, model=args.model)
+    if args.max_length is not None:
+        config = dataclasses.replace(
+            config,
+            max_length=args.max_length,
+            max_prompt_length=min(config.max_prompt_length, args.max_length // 2),
+        )
     torch.manual_seed(args.seed)
     policy, reference, tokenizer, _ = load_models(config, objective.needs)
     policy.eval()
@@ -239,16 +249,19 @@ def main(argv: list[str] | None = None) -> None:
         for record in records[: args.pairs]
     ]
     tensors = collate(encoded, pad_token_id=tokenizer.pad_token_id)
-    batch = build_pair_batch(
-        objective.needs,
-        policy,
-        reference,
-        tensors,
-        anchor_sampling=anchor_sampling_of(objective),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    chosen, rejected = token_weights(objective, batch)
+    # no graph for the policy forward (attribution enables its own gradient)
+    with torch.no_grad():
+        batch = build_pair_batch(
+            objective.needs,
+            policy,
+            reference,
+            tensors,
+            chunk_size=config.logps_chunk_size or None,
+            anchor_sampling=anchor_sampling_of(objective),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        chosen, rejected = token_weights(objective, batch)
     every = torch.cat(
         [chosen[batch.chosen.response_mask], rejected[batch.rejected.response_mask]]
     )

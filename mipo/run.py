@@ -149,15 +149,17 @@ def save_checkpoint(
     model: torch.nn.Module,
     tokenizer: Any,
     state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoint-{step}`` atomically: model (or adapter) as safetensors,
-    the tokenizer and ``trainer_state.pt``."""
+    the tokenizer and ``trainer_state.pt``. ``weights``: the full state dict
+    gathered from a sharded model (default: ``model.state_dict()``)."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), state_dict=weights)
     tokenizer.save_pretrained(str(tmp))
     torch.save(state, tmp / "trainer_state.pt")
     if final.exists():

@@ -215,7 +215,9 @@ def train(
         reference.to(device)
 
     if resume_dir is None:
-        run_dir = new_run_dir(config.output_dir, recipe_obj.name) if main_process else None
+        run_dir = (
+            new_run_dir(config.output_dir, recipe_obj.name) if main_process else None
+        )
         run_dir = Path(_broadcast(accelerator, str(run_dir) if run_dir else ""))
     else:
         run_dir = resume_dir
@@ -241,9 +243,7 @@ def train(
     world = accelerator.num_processes
     micro_per_epoch = math.ceil(len(data.train) / (config.batch_size * world))
     steps_per_epoch = math.ceil(micro_per_epoch / config.gradient_accumulation_steps)
-    total_steps = config.max_steps or max(
-        1, math.ceil(config.epochs * steps_per_epoch)
-    )
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
 
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _optimizer(config, trainable)
@@ -258,7 +258,9 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
-        _set_rng_state(state["rng"][min(accelerator.process_index, len(state["rng"]) - 1)])
+        _set_rng_state(
+            state["rng"][min(accelerator.process_index, len(state["rng"]) - 1)]
+        )
 
     eval_loader = make_loader(
         data.eval,
@@ -328,9 +330,19 @@ def train(
 
     def checkpoint_now() -> None:
         state = state_dict()
+        # get_state_dict gathers sharded weights (FSDP, ZeRO-3); every process joins.
+        weights = {
+            key.removeprefix("model."): value
+            for key, value in accelerator.get_state_dict(body).items()
+        }
         if main_process:
             save_checkpoint(
-                run_dir, step, model=unwrapped, tokenizer=tokenizer, state=state
+                run_dir,
+                step,
+                model=unwrapped,
+                tokenizer=tokenizer,
+                state=state,
+                weights=weights,
             )
         accelerator.wait_for_everyone()
 
@@ -415,9 +427,12 @@ def train(
                     )
                     if metrics_log is not None:
                         metrics_log.log(last_record)
+                    accuracy = last_record.get("rewards/accuracies", math.nan)
                     bar.set_postfix(
-                        loss=f"{last_record['loss']:.4f}",
-                        acc=f"{last_record.get('rewards/accuracies', math.nan):.2f}",
+                        {
+                            "loss": f"{last_record['loss']:.4f}",
+                            "rewards/accuracies": f"{accuracy:.2f}",
+                        }
                     )
                     sums, count, tokens = {}, 0, 0
                     last_log_time = time.perf_counter()

@@ -238,3 +238,17 @@ def test_max_length_caps_the_new_tokens(model: nn.Module) -> None:
             eos_token_id=EOS,
             max_length=5,
         )
+
+
+def test_a_peft_wrapped_policy_gives_the_base_scores_at_initialisation() -> None:
+    """LoRA starts with B = 0, so the wrapped policy computes the same function."""
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama(seed=3)
+    ids, mask = right_padded([5, 3])
+    expected = attribution_scores(base, ids, mask)
+    wrapped = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
+    assert_close(attribution_scores(wrapped, ids, mask), expected)
+    assert all(p.grad is None for p in wrapped.parameters())

@@ -7,7 +7,6 @@ import pytest
 from mipo.cli import (
     OverrideError,
     convert,
-    help_text,
     parse_command_line,
     resolve,
     split_overrides,

@@ -69,7 +69,10 @@ def _softplus(x: float) -> float:
 
 
 def weighted_tdpo2_oracle(
-    batch: PairBatch, weights: tuple[torch.Tensor, torch.Tensor], beta: float, alpha
+    batch: PairBatch,
+    weights: tuple[torch.Tensor, torch.Tensor],
+    beta: float,
+    alpha: float,
 ) -> float:
     """mean softplus(-beta z), z = (m_w - m_l) - alpha (K_l - K_w) (values only),
     m = sum_t w_t (lp_pol - lp_ref), K = sum_t KL_t (unweighted)."""

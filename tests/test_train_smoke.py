@@ -130,7 +130,7 @@ def test_dpo_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
 def test_simpo_never_runs_a_reference(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def forbidden(*args: object, **kwargs: object) -> None:
+    def forbidden(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a reference model was used by a reference-free run")
 
     monkeypatch.setattr(FrozenCopyReference, "__init__", forbidden)
@@ -197,6 +197,7 @@ def test_resume_continues_identically(tiny_model: Path, tmp_path: Path) -> None:
         "train.lr_schedule": "cosine",
         "train.warmup_steps": 1,
         "train.seed": 7,
+        "train.eval_fraction": 0.0,  # no evaluation: this test is about the loop
     }
     straight = run("recipes/dpo.py", tiny_model, tmp_path / "a", steps=4, **overrides)
     base = {
@@ -234,6 +235,7 @@ def test_precomputed_reference_matches_copy(tiny_model: Path, tmp_path: Path) ->
         "train.learning_rate": 1e-3,
         "train.warmup_steps": 0,
         "train.warmup_ratio": 0.0,
+        "train.eval_fraction": 0.0,
     }
     copy = run("recipes/dpo.py", tiny_model, tmp_path / "copy", **overrides)
     cached = run(
@@ -291,9 +293,19 @@ def test_non_finite_loss_names_the_step(
 ) -> None:
     from mipo.objective import Objective
 
-    def broken(self: Objective, batch: object) -> None:
+    def broken(_self: Objective, _batch: object) -> None:
         raise NonFiniteLossError("non-finite loss from link (pairs [0])")
 
     monkeypatch.setattr(Objective, "__call__", broken)
     with pytest.raises(NonFiniteLossError, match=r"step 1 .*link \(pairs \[0\]\)"):
         run("recipes/dpo.py", tiny_model, tmp_path)
+
+
+@pytest.mark.slow
+def test_ti_dpo_runs_with_attribution_and_anchor(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    result = run("recipes/ti_dpo.py", tiny_model, tmp_path)
+    record = read_metrics(result.run_dir)[-1]
+    assert TRL_KEYS | {"terms/triplet"} <= set(record)
+    assert result.reference_forwards > 0

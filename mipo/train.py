@@ -108,6 +108,12 @@ def _scheduler(config: TrainConfig, optimizer: Any, total_steps: int) -> Any:
     from transformers import get_scheduler
 
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
+    if warmup > total_steps:
+        # Said out loud: a short run would otherwise never reach the peak rate.
+        print(
+            f"note: warmup of {warmup} steps is longer than the run ({total_steps} "
+            f"steps); warming up over {total_steps} steps instead"
+        )
     name = "cosine" if config.lr_schedule == "cosine" else "constant_with_warmup"
     return get_scheduler(
         name,

@@ -22,6 +22,7 @@ from typing import Any, Literal, final
 
 from mipo.config import TrainConfig
 from mipo.objective import Objective
+from mipo.primitive_syntax import PrimitiveSyntaxError, parse_primitive
 from mipo.recipes import Recipe
 
 GROUPS = ("train", "objective")
@@ -191,11 +192,37 @@ def convert(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise OverrideError(f"--{key}={value!r}: expected a string")
+    if isinstance(value, str) and _primitive_annotation(annotation):
+        try:
+            parsed = parse_primitive(value)
+        except PrimitiveSyntaxError as error:
+            raise OverrideError(f"--{key}: {error}") from None
+        if _fits(parsed, annotation):
+            return parsed
+        raise OverrideError(
+            f"--{key}={value!r}: expected {describe(annotation)}, got "
+            f"{type(parsed).__name__ if not isinstance(parsed, type) else parsed.__name__}"
+        )
     raise OverrideError(
         f"--{key}: has type {describe(annotation)}, which cannot be set from the "
-        f"command line (only int, float, bool, str, Literal and None are); edit "
-        f"the recipe or call make_objective in Python"
+        f"command line (int, float, bool, str, Literal, None and mipo primitives "
+        f"such as UniformPrior() can); edit the recipe or call make_objective in "
+        f"Python"
     )
+
+
+def _primitive_annotation(annotation: Any) -> bool:
+    """A primitive interface (``AbstractPrior``) or ``type[AbstractLink]``."""
+    if typing.get_origin(annotation) is type:
+        (annotation,) = typing.get_args(annotation)
+    return isinstance(annotation, type) and annotation.__module__.startswith("mipo.")
+
+
+def _fits(parsed: Any, annotation: Any) -> bool:
+    if typing.get_origin(annotation) is type:
+        (base,) = typing.get_args(annotation)
+        return isinstance(parsed, type) and issubclass(parsed, base)
+    return isinstance(parsed, annotation)
 
 
 def _is_none(value: Any) -> bool:

@@ -53,6 +53,8 @@ class TrainConfig:
         logps_chunk_size: response rows per chunk of the chunked log-prob path
             (0: the eager path, which materialises the full logits).
         eval_max_examples: held-out pairs used by the evaluation (0: all).
+        swap_pairs: train on every pair with chosen and rejected exchanged (the
+            reverse DPO model of TIS-DPO's third weight construction).
         eval_max_new_tokens: greedy tokens generated per prompt for the gold-reward
             evaluation of data sets that carry a gold answer.
     """
@@ -84,7 +86,8 @@ class TrainConfig:
     eval_steps: int = 0
     logps_chunk_size: int = 256
     eval_max_examples: int = 20
-    eval_max_new_tokens: int = 8
+    eval_max_new_tokens: int = 16
+    swap_pairs: bool = False
 
     def __post_init__(self) -> None:
         positive = (

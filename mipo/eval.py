@@ -1,7 +1,7 @@
 r"""Held-out evaluation of a policy.
 
-* implicit-reward accuracy and mean margin on held-out pairs, from the
-  objective's own rewards $\beta\,r(y)$ (``rewards/accuracies`` counts pairs with
+* implicit-reward accuracy, mean margin and link loss on held-out pairs, from the
+  objective's own rewards $\beta\,r(y)$ (extra terms left out) (``rewards/accuracies`` counts pairs with
   $\beta r(y_w) > \beta r(y_l)$; ties count as wrong);
 * the mean per-token $\mathrm{KL}(\pi_\theta\|\pi_{\mathrm{ref}})$ over the
   held-out chosen completions, when a reference model is loaded;
@@ -14,6 +14,7 @@ run and writes ``eval.json`` there.
 """
 
 import contextlib
+import dataclasses
 import sys
 from typing import Any
 
@@ -40,7 +41,14 @@ def evaluate_pairs(
     reference_cache: dict | None = None,
     anchor_sampling: Any = None,
 ) -> dict[str, float | int]:
-    """Implicit-reward accuracy, margin, loss and chosen KL(pi||ref) per token."""
+    """Implicit-reward accuracy, margin, loss and chosen KL(pi||ref) per token.
+
+    Extra terms are left out: they never enter the rewards, and some are costly to
+    evaluate (TI-DPO's triplet samples an anchor per pair). ``eval/loss`` is the
+    link loss only.
+    """
+    objective = dataclasses.replace(objective, terms=())
+    anchor_sampling = None
     needs = objective.needs
     wants_kl = reference is not None
     batch_needs = needs | {Need.KL_REVERSE} if wants_kl else needs

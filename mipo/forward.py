@@ -150,7 +150,9 @@ def build_pair_batch(
     if needs & ATTRIBUTION_NEEDS:
         from mipo.attribution import attribution_scores
 
-        scores = attribution_scores(policy, ids, mask)[:, 1:]
+        # Chosen and rejected rows only: the anchor's weights are never read.
+        pairs = rows[0] + rows[1]
+        scores = attribution_scores(policy, ids[:pairs], mask[:pairs])[:, 1:]
     needs_reference = bool(needs & REFERENCE_NEEDS)
     reference_hidden = reference_head = None
     if needs_reference and reference is not None:
@@ -206,7 +208,7 @@ def build_pair_batch(
                 fields["kl_weights"] = _shifted_column(
                     data.kl_weights, length, "kl_weights"
                 )
-        if scores is not None:
+        if scores is not None and index < 2:
             if Need.ATTRIBUTION_SCORES in needs:
                 fields["attribution_scores"] = scores[part].float()
             if Need.SEQUENCE_MASK in needs:

@@ -59,6 +59,8 @@ def load_run_data(config: TrainConfig, tokenizer: Any) -> RunData:
     records = load_records(
         config.dataset, max_examples=config.max_examples, seed=config.seed
     )
+    if config.swap_pairs:
+        records = [swap_record(record) for record in records]
     if config.eval_fraction > 0:
         train_records, eval_records = train_eval_split(
             records, config.eval_fraction, config.seed
@@ -85,6 +87,22 @@ def load_run_data(config: TrainConfig, tokenizer: Any) -> RunData:
         train=[encode(r) for r in train_records],
         eval=[encode(r) for r in eval_records],
         eval_records=eval_records,
+    )
+
+
+def swap_record(record: Any) -> Any:
+    """The pair with chosen and rejected exchanged (and their weight columns): the
+    data of TIS-DPO's reverse DPO model (construction 3)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        record,
+        chosen=record.rejected,
+        rejected=record.chosen,
+        chosen_token_weights=record.rejected_token_weights,
+        rejected_token_weights=record.chosen_token_weights,
+        chosen_kl_weights=record.rejected_kl_weights,
+        rejected_kl_weights=record.chosen_kl_weights,
     )
 
 

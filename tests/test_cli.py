@@ -1,5 +1,6 @@
 """Dotted overrides, --config files and --help of ``python -m mipo.train``."""
 
+import re
 from typing import Literal
 
 import pytest
@@ -92,12 +93,34 @@ def test_unknown_group_fails() -> None:
         split_overrides(recipe, {"model.beta": "1"})
 
 
-def test_object_valued_factory_argument_is_refused_clearly() -> None:
+def test_primitive_valued_factory_arguments_parse() -> None:
+    """``--objective.prior=UniformPrior()`` gives reference-free DPO; a class-valued
+    argument (cdpo's ``link``) takes a bare class name; nested keyword values work."""
+    from mipo.primitives import RankTransform, RobustLink, UniformPrior
+
+    _, _, objective = resolve(load_recipe("dpo"), {"objective.prior": "UniformPrior()"})
+    assert objective.prior == UniformPrior()
+    _, _, objective = resolve(load_recipe("cdpo"), {"objective.link": "RobustLink"})
+    assert objective.link == RobustLink(epsilon=0.1)
+    _, kwargs, _ = resolve(
+        load_recipe("tis_dpo"), {"objective.transform": "RankTransform(low=0.5)"}
+    )
+    assert kwargs["transform"] == RankTransform(low=0.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("RankTransform()", "expected AbstractPrior, got RankTransform"),
+        ("__import__('os')", "unknown name '__import__'"),
+        ("UniformPrior(1)", "keyword arguments only"),
+        ("ReferencePrior(", "not a Python expression"),
+    ],
+)
+def test_bad_primitive_values_are_refused_clearly(value: str, message: str) -> None:
     recipe = load_recipe("recipes/dpo.py")
-    with pytest.raises(
-        OverrideError, match="--objective.prior: has type AbstractPrior"
-    ):
-        split_overrides(recipe, {"objective.prior": "UniformPrior()"})
+    with pytest.raises(OverrideError, match=re.escape(message)):
+        split_overrides(recipe, {"objective.prior": value})
 
 
 def test_config_validation_error_names_the_field() -> None:

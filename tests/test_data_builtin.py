@@ -53,14 +53,16 @@ def test_generation_is_deterministic_in_the_seed() -> None:
     op=st.sampled_from("+-*"),
     noise=st.integers(-3, 3),
 )
-def test_gold_reward_scores_the_first_integer(
+def test_gold_reward_scores_the_last_integer(
     a: int, b: int, op: str, noise: int
 ) -> None:
+    """Only the final integer counts: echoing the operands first is harmless, and a
+    trailing wrong number makes the answer wrong."""
     question = f"What is {a} {op} {b}? Answer with the number only."
     result = true_result(question)
-    assert gold_reward(question, f"The answer is {result + noise}, I think 7.") == (
-        1.0 if noise == 0 else 0.0
-    )
+    answer = f"{a} {op} {b} = {result + noise}"
+    assert gold_reward(question, answer) == (1.0 if noise == 0 else 0.0)
+    assert gold_reward(question, f"{result}, or maybe {result + 7}") == 0.0
 
 
 def test_gold_reward_without_a_number_is_zero() -> None:

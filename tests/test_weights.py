@@ -1,16 +1,18 @@
 """TIS-DPO weight estimation (``python -m mipo.weights``) on a tiny random model."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import build_tiny_model_dir, tiny_llama
+from transformers import LlamaForCausalLM
 
 from mipo.data.errors import DataError
 from mipo.data.load import load_records
-from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
+from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
 from mipo.weights import SYSTEM_TEMPLATES, Contrast, estimate, main, score_batch
 
@@ -39,20 +41,7 @@ CONTRAST = Contrast(
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[LlamaForCausalLM, object]:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval(), tiny_chat_tokenizer()
+    return tiny_llama(hidden_size=32, intermediate_size=64), tiny_chat_tokenizer()
 
 
 @pytest.fixture()
@@ -175,3 +164,75 @@ def test_cli_refuses_one_model_with_identical_prompts(data_file, tmp_path) -> No
                 "x",
             ]
         )
+
+
+def test_swap_pairs_exchanges_responses_and_weights() -> None:
+    """The reverse-DPO data of construction (3): chosen <-> rejected, weights too."""
+    from mipo.prepare import swap_record
+
+    record = load_records_from_rows()[0]
+    record = dataclasses.replace(
+        record, chosen_token_weights=(1.0,), rejected_token_weights=(2.0,)
+    )
+    swapped = swap_record(record)
+    assert swapped.chosen == record.rejected and swapped.rejected == record.chosen
+    assert swapped.chosen_token_weights == (
+        2.0,
+    ) and swapped.rejected_token_weights == (1.0,)
+    assert swap_record(swapped) == record
+
+
+def test_estimate_then_train_tis_dpo_end_to_end(tmp_path: Path) -> None:
+    """Construction (1) on a tiny model, then two TIS-DPO steps on the weighted file
+    (rank transform, EOS weight 0): the run reads the weight columns and trains."""
+    from mipo.train import train
+
+    model_dir = build_tiny_model_dir(tmp_path / "model")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS * 4))
+    out = tmp_path / "weighted.jsonl"
+    main(
+        [
+            "estimate",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--positive-system",
+            "harmless",
+            "--negative-system",
+            "harmful",
+            "--max-length",
+            "128",
+            "--max-prompt-length",
+            "64",
+        ]
+    )
+    weights = [w for r in load_records(str(out)) for w in r.chosen_token_weights[:-1]]
+    assert any(abs(w - 1.0) > 1e-3 for w in weights)
+    result = train(
+        "recipes/tis_dpo.py",
+        {
+            "train.model": str(model_dir),
+            "train.dataset": str(out),
+            "train.output_dir": str(tmp_path / "runs"),
+            "train.max_steps": 2,
+            "train.batch_size": 2,
+            "train.eval_fraction": 0.0,
+            "train.warmup_steps": 0,
+            "train.warmup_ratio": 0.0,
+            "train.learning_rate": 1e-3,
+            "train.max_length": 128,
+            "train.max_prompt_length": 64,
+            "objective.transform": "RankTransform()",
+            "objective.eos_weight": "0.0",
+        },
+        progress=False,
+    )
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert len(metrics) == 2
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert metrics[1]["rewards/chosen"] != 0.0  # the policy moved after step 1

@@ -19,8 +19,9 @@ Each pair is conversational: the prompt is one user message
 wrong one; ``gold`` holds the correct number. Generation is deterministic in
 ``seed`` (Python's ``random.Random``), spec ``builtin:arithmetic?n=600&seed=0``.
 
-:func:`gold_reward` scores any answer: 1.0 when the first integer in it equals the
-true result, else 0.0.
+:func:`gold_reward` scores any answer: 1.0 when the last integer in it equals the
+true result, else 0.0 (the usual "final number" rule of math benchmarks, so that
+"47 + 38 = 85" counts as right and echoing the operands does not).
 """
 
 import random
@@ -47,12 +48,14 @@ _APPLY: dict[str, Callable[[int, int], int]] = {
 
 
 def gold_reward(prompt: str, answer: str) -> float:
-    """1.0 if the first integer in ``answer`` equals the result asked in ``prompt``.
+    """1.0 if the last integer in ``answer`` equals the result asked in ``prompt``.
 
     ``prompt`` is the user message (or any text containing
     ``"What is A OP B?"``); ``answer`` is the model's reply.
 
     >>> gold_reward("What is 47 + 38? Answer with the number only.", "85")
+    1.0
+    >>> gold_reward("What is 47 + 38? Answer with the number only.", "47 + 38 = 85")
     1.0
     >>> gold_reward("What is 47 + 38? Answer with the number only.", "It is 75.")
     0.0
@@ -64,8 +67,8 @@ def gold_reward(prompt: str, answer: str) -> float:
     if match is None:
         raise ValueError(f"gold_reward: no 'What is A OP B?' question in {prompt!r}")
     a, op, b = int(match[1]), match[2], int(match[3])
-    found = _INTEGER.search(answer)
-    return 1.0 if found is not None and int(found[0]) == _APPLY[op](a, b) else 0.0
+    found = _INTEGER.findall(answer)
+    return 1.0 if found and int(found[-1]) == _APPLY[op](a, b) else 0.0
 
 
 def _digit_sum_without_carry(a: int, b: int) -> int:

@@ -29,4 +29,4 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 --hypothesis-profile=ci -q
+	$(PY) -m pytest -n 2 --hypothesis-profile=ci -q --doctest-modules mipo tests

@@ -40,6 +40,7 @@ def evaluate_pairs(
     chunk_size: int | None = None,
     reference_cache: dict | None = None,
     anchor_sampling: Any = None,
+    mask_model: nn.Module | None = None,
 ) -> dict[str, float | int]:
     """Implicit-reward accuracy, margin, loss and chosen KL(pi||ref) per token.
 
@@ -54,6 +55,9 @@ def evaluate_pairs(
     batch_needs = needs | {Need.KL_REVERSE} if wants_kl else needs
     was_training = policy.training
     policy.eval()
+    masks_training = mask_model is not None and mask_model.training
+    if mask_model is not None:
+        mask_model.eval()
     totals = {"correct": 0.0, "margin": 0.0, "loss": 0.0, "pairs": 0}
     kl_sum, kl_tokens = 0.0, 0.0
     grad = contextlib.nullcontext() if needs & ATTRIBUTION_NEEDS else torch.no_grad()
@@ -76,6 +80,7 @@ def evaluate_pairs(
                     anchor_sampling=anchor_sampling,
                     pad_token_id=pad_token_id,
                     eos_token_id=eos_token_id,
+                    mask_model=mask_model,
                 )
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards
@@ -89,6 +94,8 @@ def evaluate_pairs(
                     kl_tokens += float(side.lengths.sum())
     finally:
         policy.train(was_training)
+        if mask_model is not None:
+            mask_model.train(masks_training)
     pairs = max(totals["pairs"], 1)
     result = {
         "eval/pairs": totals["pairs"],

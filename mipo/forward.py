@@ -11,6 +11,7 @@ unshifted position $t$, so every unshifted data column ``c`` maps to ``c[:, 1:]`
 Every decision below reads ``Need`` membership; nothing asks which method runs.
 """
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from mipo.model import REFERENCE_NEEDS, AbstractReference
 from mipo.needs import Need
 
 ATTRIBUTION_NEEDS = frozenset({Need.ATTRIBUTION_SCORES, Need.SEQUENCE_MASK})
+MASK_NEEDS = frozenset({Need.REFERENCE_ACTIVATIONS, Need.REFERENCE_HIDDEN_LAYERS})
+"""Needs served by a mask model hooked into the reference forward."""
 
 
 class CausalLMBody(nn.Module):
@@ -105,6 +108,7 @@ def build_pair_batch(
     anchor_sampling: Any = None,
     pad_token_id: int,
     eos_token_id: int | None = None,
+    mask_model: Any = None,
 ) -> PairBatch:
     """The :class:`PairBatch` of one micro-batch with the fields in ``needs``.
 
@@ -124,6 +128,10 @@ def build_pair_batch(
         anchor_sampling: the ``AnchorSampling`` of the term that needs the anchor.
         pad_token_id: padding id for stacking sequences of different lengths.
         eos_token_id: stops anchor generation.
+        mask_model: the :class:`~mipo.masks.AbstractMaskModel` that serves
+            ``Need.REFERENCE_ACTIVATIONS`` / ``Need.REFERENCE_HIDDEN_LAYERS``: it
+            hooks the reference forward, and its masks fill ``token_weights``
+            (reward mask) and ``kl_weights`` (KL mask) instead of data columns.
 
     Returns:
         A validated :class:`PairBatch`.
@@ -155,8 +163,22 @@ def build_pair_batch(
         scores = attribution_scores(policy, ids[:pairs], mask[:pairs])[:, 1:]
     needs_reference = bool(needs & REFERENCE_NEEDS)
     reference_hidden = reference_head = None
+    if needs & MASK_NEEDS and mask_model is None:
+        names = ", ".join(sorted(n.value for n in needs & MASK_NEEDS))
+        raise ValueError(f"the objective needs {names}: pass the trainer's mask_model")
+    captured: dict[str, list[Tensor]] = {}
     if needs_reference and reference is not None:
-        reference_hidden = reference.hidden_states(ids, mask)
+        hooks = contextlib.nullcontext(captured)
+        if mask_model is not None:
+            reference_model = getattr(reference, "model", None)
+            if reference_model is None:
+                raise ValueError(
+                    f"{type(reference).__name__}: the mask model needs the reference "
+                    f"model's modules (a .model attribute) to hook"
+                )
+            hooks = mask_model.capturing(reference_model)
+        with hooks as captured:
+            reference_hidden = reference.hidden_states(ids, mask)
         reference_head = reference.head
     elif needs & (REFERENCE_NEEDS - {Need.REFERENCE_LOGPS}):
         raise ValueError("the objective needs reference KLs but no reference model")
@@ -177,6 +199,11 @@ def build_pair_batch(
     )
     length = labels.shape[1] - 1
     sequence_mask = mask[:, 1:].bool()
+    masks = None
+    if mask_model is not None:
+        masks = mask_model.masks(
+            captured, reference_hidden, reference_head, stats.response_mask
+        )
     sides: list[Side] = []
     start = 0
     for index, count in enumerate(rows):
@@ -198,7 +225,12 @@ def build_pair_batch(
             fields["kl_reverse"] = stats.kl_reverse[part]
         if Need.HIDDEN_STATES in needs:
             fields["hidden_states"] = hidden[part, :-1].detach()
-        if index < 2:
+        if index < 2 and masks is not None:
+            if Need.TOKEN_WEIGHTS in needs:
+                fields["token_weights"] = masks[0][part]
+            if Need.KL_WEIGHTS in needs:
+                fields["kl_weights"] = masks[1][part]
+        elif index < 2:
             data = parts[index]
             if Need.TOKEN_WEIGHTS in needs:
                 fields["token_weights"] = _shifted_column(

@@ -28,9 +28,25 @@ from mipo.config import TrainConfig
 from mipo.logps import final_hidden_states
 from mipo.needs import Need
 
-REFERENCE_NEEDS = frozenset({Need.REFERENCE_LOGPS, Need.KL_FORWARD, Need.KL_REVERSE})
+REFERENCE_NEEDS = frozenset(
+    {
+        Need.REFERENCE_LOGPS,
+        Need.KL_FORWARD,
+        Need.KL_REVERSE,
+        Need.REFERENCE_ACTIVATIONS,
+        Need.REFERENCE_HIDDEN_LAYERS,
+    }
+)
 """Needs that read the reference model."""
-LOGIT_NEEDS = frozenset({Need.KL_FORWARD, Need.KL_REVERSE, Need.ANCHOR})
+LOGIT_NEEDS = frozenset(
+    {
+        Need.KL_FORWARD,
+        Need.KL_REVERSE,
+        Need.ANCHOR,
+        Need.REFERENCE_ACTIVATIONS,
+        Need.REFERENCE_HIDDEN_LAYERS,
+    }
+)
 """Needs that a cache of reference token log-probs cannot serve."""
 UNSUPPORTED_NEEDS = frozenset({Need.PRIOR_LOGPS})
 """Needs the trainer does not supply (a separately trained prior model)."""

@@ -32,8 +32,21 @@ class Need(enum.Enum):
     """Non-padding positions of prompt + response (TI-DPO's "sequence" span)."""
     PRIOR_LOGPS = "prior_logps"
     """log zeta(y_t | s_t) from a separately trained prior model."""
+    REFERENCE_ACTIVATIONS = "reference_activations"
+    """Reference activations hooked during its forward (MaPO masks, written into
+    ``token_weights`` and ``kl_weights``)."""
+    REFERENCE_HIDDEN_LAYERS = "reference_hidden_layers"
+    """Reference hidden states of every layer, fed to a learned mask model
+    (SparsePO masks, written into ``token_weights`` and ``kl_weights``)."""
     ANCHOR = "anchor"
     """A policy-generated anchor response, as a third :class:`~mipo.batch.Side`."""
+
+    @property
+    def in_batch(self) -> bool:
+        """False for needs the trainer serves without a batch field of that name
+        (mask models hooked into the reference forward; their masks arrive as
+        ``token_weights`` / ``kl_weights``)."""
+        return self not in (Need.REFERENCE_ACTIVATIONS, Need.REFERENCE_HIDDEN_LAYERS)
 
     @property
     def batch_level(self) -> bool:

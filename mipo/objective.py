@@ -166,6 +166,8 @@ class Objective:
         """Raise :class:`~mipo.errors.BatchError` naming the first needed field that
         ``batch`` lacks."""
         for need in sorted(self.needs, key=lambda n: n.value):
+            if not need.in_batch:
+                continue
             if need.batch_level:
                 if getattr(batch, need.value) is None:
                     raise BatchError(

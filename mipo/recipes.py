@@ -62,6 +62,30 @@ class Recipe:
         }
 
 
+def recipe_from(
+    objective: Objective, train: TrainConfig | None = None, *, name: str = "custom"
+) -> Recipe:
+    """A recipe built in Python rather than read from a file, for
+    ``mipo.train.train(recipe_from(objective, TrainConfig(...)))``. Its factory
+    takes no arguments (there are no ``--objective.*`` keys); resuming such a run
+    needs the objective to be passed again.
+    """
+    if not isinstance(objective, Objective):
+        raise TypeError(
+            f"recipe_from: expected an Objective, got {type(objective).__name__}"
+        )
+    module = ModuleType(f"mipo_recipe_{name}")
+    module.__doc__ = f"{name}: an objective composed in Python."
+
+    def make_objective() -> Objective:
+        return objective
+
+    module.make_objective = make_objective
+    module.objective = objective
+    module.train = TrainConfig() if train is None else train
+    return Recipe(name=name, path=Path(f"<python:{name}>"), module=module)
+
+
 def recipes_dir() -> Path:
     """Where the shipped recipes live: ``recipes/`` beside the package in a source
     checkout, ``mipo/_recipes`` in an installed wheel."""
@@ -109,4 +133,4 @@ def discover(directory: Path | None = None) -> list[Recipe]:
     ]
 
 
-__all__ = ["Recipe", "discover", "load_recipe", "recipes_dir"]
+__all__ = ["Recipe", "discover", "load_recipe", "recipe_from", "recipes_dir"]

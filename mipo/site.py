@@ -10,6 +10,7 @@ checks it) and the API reference per slot — writes ``mkdocs.yml`` there and ru
 
 import argparse
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -52,7 +53,12 @@ class SitePlan:
 def _optional_modules() -> dict[str, tuple[str, ...]]:
     """API pages for modules that exist in this checkout (later features add theirs)."""
     extra = {
-        "Priors": ("mipo.primitives.otpo", "mipo.primitives.attribution"),
+        "Priors": ("mipo.mi",),
+        "Token weighters": (
+            "mipo.primitives.otpo",
+            "mipo.primitives.attribution",
+            "mipo.primitives.masks",
+        ),
         "Terms": ("mipo.primitives.triplet",),
         "Training": (
             "mipo.train",

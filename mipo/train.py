@@ -40,6 +40,7 @@ from mipo.config import TrainConfig
 from mipo.errors import NonFiniteLossError
 from mipo.eval import evaluate_pairs, gold_accuracy
 from mipo.forward import CausalLMBody, build_pair_batch, count_tokens
+from mipo.masks import find_mask_source
 from mipo.model import load_models
 from mipo.needs import Need
 from mipo.objective import Objective
@@ -50,7 +51,7 @@ from mipo.prepare import (
     lookup_reference,
     make_loader,
 )
-from mipo.recipes import load_recipe
+from mipo.recipes import Recipe, load_recipe
 from mipo.run import (
     MetricsLog,
     latest_checkpoint,
@@ -94,7 +95,7 @@ def anchor_sampling_of(objective: Objective) -> Any:
     return settings[0] if settings else None
 
 
-def _optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> Any:
+def _optimizer(config: TrainConfig, parameters: list[Any]) -> Any:
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(
             parameters, lr=config.learning_rate, weight_decay=config.weight_decay
@@ -150,7 +151,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _resolve_run(
-    recipe: str | Path | None,
+    recipe: str | Path | Recipe | None,
     overrides: dict[str, Any],
     resume: str | Path | None,
 ) -> tuple[Any, dict[str, Any], Path | None]:
@@ -158,6 +159,8 @@ def _resolve_run(
     if resume is None:
         if recipe is None:
             raise OverrideError("no recipe given (python -m mipo.train RECIPE.py)")
+        if isinstance(recipe, Recipe):
+            return recipe, dict(overrides), None
         return load_recipe(recipe), dict(overrides), None
     run_dir = Path(resume)
     config_path = run_dir / "config.json"
@@ -169,7 +172,7 @@ def _resolve_run(
 
 
 def train(
-    recipe: str | Path | None = None,
+    recipe: str | Path | Recipe | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     resume: str | Path | None = None,
@@ -179,7 +182,9 @@ def train(
     """Train ``recipe`` with dotted ``overrides`` and return the run.
 
     Args:
-        recipe: a recipe path or shipped name (optional with ``resume``).
+        recipe: a recipe path or shipped name (optional with ``resume``), or a
+            :class:`~mipo.recipes.Recipe` built in Python with
+            :func:`~mipo.recipes.recipe_from`.
         overrides: dotted keys, e.g. ``{"train.max_steps": 2, "objective.beta": 0.2}``.
         resume: a run directory; continues from its latest checkpoint with the
             same recipe and overrides (``overrides`` given here win).
@@ -210,6 +215,7 @@ def train(
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     chunk_size = config.logps_chunk_size or None
     anchor_sampling = anchor_sampling_of(objective)
+    mask_model = _mask_model(objective, policy, device, checkpoint)
 
     policy.to(device)
     reference_cache = None
@@ -252,7 +258,13 @@ def train(
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
 
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = _optimizer(config, trainable)
+    mask_parameters = [] if mask_model is None else [p for p in mask_model.parameters()]
+    groups: list[Any] = [{"params": trainable}]
+    if mask_parameters:
+        # SparsePO's mask networks have their own weight decay (mask_weight_decay).
+        source = find_mask_source(objective)
+        groups.append({"params": mask_parameters, "weight_decay": source.weight_decay})
+    optimizer = _optimizer(config, groups)
     scheduler = _scheduler(config, optimizer, total_steps)
     body, optimizer = accelerator.prepare(CausalLMBody(policy), optimizer)
 
@@ -290,6 +302,7 @@ def train(
             chunk_size=chunk_size,
             reference_cache=reference_cache,
             anchor_sampling=anchor_sampling,
+            mask_model=mask_model,
         )
         return result
 
@@ -350,6 +363,8 @@ def train(
                 state=state,
                 weights=weights,
             )
+            if mask_model is not None:
+                _save_mask_model(mask_model, run_dir / f"checkpoint-{step}")
         accelerator.wait_for_everyone()
 
     saved_at = -1
@@ -394,6 +409,7 @@ def train(
                             anchor_sampling=anchor_sampling,
                             pad_token_id=pad_id,
                             eos_token_id=eos_id,
+                            mask_model=mask_model,
                         )
                     try:
                         out = objective(pair_batch)
@@ -411,7 +427,9 @@ def train(
                     continue
                 in_group = 0
                 clip = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-                grad_norm = accelerator.clip_grad_norm_(body.parameters(), clip)
+                grad_norm = accelerator.clip_grad_norm_(
+                    [*body.parameters(), *mask_parameters], clip
+                )
                 learning_rate = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -500,6 +518,46 @@ def train(
         eval=result_eval,
         reference_forwards=reference_forwards,
     )
+
+
+MASK_MODEL_FILE = "mask_model.safetensors"
+"""The learned mask model's weights inside a ``checkpoint-N`` directory."""
+
+
+def _mask_model(
+    objective: Objective,
+    policy: torch.nn.Module,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> Any:
+    """The mask model the objective's mask source asks for (``None`` without one),
+    restored from ``checkpoint`` when resuming."""
+    source = find_mask_source(objective)
+    if source is None:
+        return None
+    config = policy.config
+    model = source.build_model(
+        hidden_size=config.hidden_size, num_layers=config.num_hidden_layers
+    )
+    if model is None:
+        return None
+    if checkpoint is not None and any(True for _ in model.parameters()):
+        from safetensors.torch import load_file
+
+        path = Path(checkpoint) / MASK_MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the run's mask model is missing")
+        model.load_state_dict(load_file(str(path)))
+    model.train()
+    return model.to(device)
+
+
+def _save_mask_model(model: torch.nn.Module, checkpoint: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if state:
+        from safetensors.torch import save_file
+
+        save_file(state, str(checkpoint / MASK_MODEL_FILE))
 
 
 def _broadcast(accelerator: Any, value: str) -> str:
@@ -616,6 +674,7 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
             chunk_size=config.logps_chunk_size or None,
             reference_cache=cache,
             anchor_sampling=anchor_sampling_of(objective),
+            mask_model=_mask_model(objective, policy, device, checkpoint),
         )
     gold = gold_accuracy(
         policy,

@@ -1,4 +1,4 @@
-"""SparsePO / MaPO (Christopoulou et al., arXiv 2410.05102) with masks from data.
+"""SparsePO / MaPO (Christopoulou et al., arXiv 2410.05102).
 
 L = -log sigmoid(beta (u - d)) + l1_u ||m_u|| + l1_d ||m_d||, with
 u = sum_t m_u l_t(y_w) - sum_t m_u l_t(y_l) and
@@ -7,18 +7,24 @@ TDPO1 with token masks (no alpha, no stop-gradient, as in the authors' code).
 
 Prior: token interpolation with the reward mask m_u, times exp(-sum_t m_d D_t)
 (class G). Weighter: sum. Link: -log sigmoid. Terms: L1 on each mask (off by
-default; with a common mask the authors halve each coefficient). Masks are read
-from the batch (``token_weights`` = m_u, ``kl_weights`` = m_d); pass
-``kl_mask="token_weights"`` for one common mask. Learned and activation masks
-come from their own models.
+default), each coefficient times ``masks.l1_share`` (1/2 for one common learned
+mask, as the authors do). Where the masks come from is a value, ``masks``:
+
+- ``DataMasks()`` (default): data columns ``token_weights`` = m_u and
+  ``kl_weights`` = m_d (``kl_mask="token_weights"``: one common data mask);
+- ``ActivationMasks()``: "mapo", m_u = m_d from reference activations;
+- ``LearnedMasks()``: "sparse-common", one learned mask network;
+- ``LearnedMasks(independent_masks=True)``: "sparse-indp", two networks.
 """
 
 from typing import Literal
 
 from mipo import Objective, Term, TrainConfig
 from mipo.primitives import (
-    BatchTokenWeights,
+    AbstractMaskSource,
+    DataMasks,
     MaskL1,
+    MaskWeights,
     ProductPrior,
     SequentialKLPenalty,
     TokenInterpolationPrior,
@@ -30,26 +36,31 @@ def make_objective(
     beta: float = 0.1,  # SparseConfig.beta; README HH rows
     l1_reward: float = 0.0,  # l1_norm_param_u default (README HH sparse-common: 0.001)
     l1_kl: float = 0.0,  # l1_norm_param_d default
-    kl_mask: Literal["kl_weights", "token_weights"] = "kl_weights",  # "sparse-indp"
+    kl_mask: Literal[
+        "kl_weights", "token_weights"
+    ] = "kl_weights",  # data: "sparse-indp"
+    masks: AbstractMaskSource = DataMasks(),  # mask_model / pref_optim of the authors
 ) -> Objective:
     kl = SequentialKLPenalty(
-        kappa=1.0, direction="forward", weights=BatchTokenWeights(field=kl_mask)
+        kappa=1.0,
+        direction="forward",
+        weights=MaskWeights(source=masks, field=kl_mask),
     )
+    reward = MaskWeights(source=masks, field="token_weights")
     return Objective(
-        prior=ProductPrior(
-            base=TokenInterpolationPrior(
-                weights=BatchTokenWeights(field="token_weights")
-            ),
-            factors=(kl,),
-        ),
+        prior=ProductPrior(base=TokenInterpolationPrior(weights=reward), factors=(kl,)),
         beta=beta,
         terms=(
             Term(
                 name="l1_reward_mask",
                 term=MaskL1(field="token_weights"),
-                weight=l1_reward,
+                weight=l1_reward * masks.l1_share,
             ),
-            Term(name="l1_kl_mask", term=MaskL1(field=kl_mask), weight=l1_kl),
+            Term(
+                name="l1_kl_mask",
+                term=MaskL1(field=kl_mask),
+                weight=l1_kl * masks.l1_share,
+            ),
         ),
     )
 

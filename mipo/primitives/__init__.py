@@ -14,6 +14,11 @@ from mipo.primitives.margin import ConstantMargin as ConstantMargin
 from mipo.primitives.margin import LengthDifferenceMargin as LengthDifferenceMargin
 from mipo.primitives.margin import NoMargin as NoMargin
 from mipo.primitives.margin import SumMargin as SumMargin
+from mipo.primitives.masks import AbstractMaskSource as AbstractMaskSource
+from mipo.primitives.masks import ActivationMasks as ActivationMasks
+from mipo.primitives.masks import DataMasks as DataMasks
+from mipo.primitives.masks import LearnedMasks as LearnedMasks
+from mipo.primitives.masks import MaskWeights as MaskWeights
 from mipo.primitives.otpo import TransportTokenWeights as TransportTokenWeights
 from mipo.primitives.otpo import UniformBudgetWeights as UniformBudgetWeights
 from mipo.primitives.prior import AbstractPrior as AbstractPrior

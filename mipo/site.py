@@ -138,6 +138,11 @@ def plan_site() -> SitePlan:
     docs_dir = REPO / "docs"
     for path in sorted(docs_dir.rglob("*.md")):
         pages[str(path.relative_to(docs_dir))] = path.read_text()
+    # Rows of the methods table link to the recipe files in the repository; on the
+    # site they link to the recipe pages.
+    pages["methods.md"] = re.sub(
+        r"\]\(\.\./recipes/([a-z0-9_]+)\.py\)", r"](recipes/\1.md)", pages["methods.md"]
+    )
     tests = _test_sources()
     pages |= _proof_pages(tests)
     table = methods_table()

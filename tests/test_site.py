@@ -15,6 +15,7 @@ def test_every_recipe_and_proof_has_a_page() -> None:
     """A recipe or proof missing from the site fails here."""
     pages = plan_site().pages
     for recipe in discover():
+        assert f"](recipes/{recipe.name}.md)" in pages["methods.md"]
         page = pages[f"recipes/{recipe.name}.md"]
         assert recipe.doc.splitlines()[0] in page
         assert "## Source" in page

@@ -8,6 +8,7 @@ per-row computation of methods.md §11.3 (1).
 
 import pytest
 import torch
+from tiny import tiny_llama
 from torch import nn
 from torch.testing import assert_close
 
@@ -18,30 +19,13 @@ VOCAB = 97
 EOS = 2
 PAD = 0
 
-
-def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float64) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return LlamaForCausalLM(config).to(dtype)
+# The shared tiny Llama over this file's vocabulary, pad id and context length.
+LLAMA = {"vocab_size": VOCAB, "max_position_embeddings": 128, "pad_token_id": PAD}
 
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    return tiny_llama()
+    return tiny_llama(**LLAMA).double()
 
 
 def right_padded(
@@ -244,7 +228,7 @@ def test_a_peft_wrapped_policy_gives_the_base_scores_at_initialisation() -> None
     """LoRA starts with B = 0, so the wrapped policy computes the same function."""
     from peft import LoraConfig, get_peft_model
 
-    base = tiny_llama(seed=3)
+    base = tiny_llama(seed=3, **LLAMA).double()
     ids, mask = right_padded([5, 3])
     expected = attribution_scores(base, ids, mask)
     wrapped = get_peft_model(

@@ -13,9 +13,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny import build_tiny_model_dir, tiny_llama
 
 from mipo.data import PreferenceRecord, load_records
-from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
+from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.dice import (
     DiceSettings,
     ScoredPrompt,
@@ -33,26 +34,6 @@ from mipo.dice import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 EOS = 2
-
-
-def tiny_llama(seed: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -319,15 +300,9 @@ def test_settings_refuse_unsupported_reference() -> None:
         )
 
 
-def save_model_dir(path: Path, seed: int) -> Path:
-    tiny_llama(seed).save_pretrained(path)
-    tiny_chat_tokenizer().save_pretrained(path)
-    return path
-
-
 def test_cli_one_round_on_tiny_model(tmp_path: Path, capsys) -> None:
-    policy = save_model_dir(tmp_path / "policy", 0)
-    sft = save_model_dir(tmp_path / "sft", 1)
+    policy = build_tiny_model_dir(tmp_path / "policy", 0)
+    sft = build_tiny_model_dir(tmp_path / "sft", 1)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         json.dumps({"prompt": "Add 2 and 3."})
@@ -392,8 +367,8 @@ def test_cli_one_round_on_tiny_model(tmp_path: Path, capsys) -> None:
 def test_two_rounds_chain_policy_and_reference(tmp_path: Path) -> None:
     from mipo.dice import run_dice
 
-    policy = save_model_dir(tmp_path / "policy", 0)
-    sft = save_model_dir(tmp_path / "sft", 1)
+    policy = build_tiny_model_dir(tmp_path / "policy", 0)
+    sft = build_tiny_model_dir(tmp_path / "sft", 1)
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"prompt": "One?"}, {"prompt": "Two?"}]))
     settings = DiceSettings(
@@ -430,7 +405,7 @@ def test_two_rounds_chain_policy_and_reference(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_scoring_the_policy_against_itself(tmp_path: Path, capsys) -> None:
-    policy = save_model_dir(tmp_path / "policy", 0)
+    policy = build_tiny_model_dir(tmp_path / "policy", 0)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
     argv = ["recipes/dpo.py", "--prompts", str(prompts), "--out", str(tmp_path)]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import build_tiny_model_dir
 from torch import nn
 
 from mipo.data.builtin import arithmetic_records
@@ -81,8 +82,6 @@ def test_gold_accuracy_is_none_without_gold() -> None:
 def test_eval_cli_reruns_a_saved_run(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from test_train_smoke import build_tiny_model_dir
-
     model = build_tiny_model_dir(tmp_path / "model")
     result = train(
         "recipes/dpo.py",

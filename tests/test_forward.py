@@ -6,31 +6,18 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_llama
 
 from mipo.data.builtin import arithmetic_records
 from mipo.data.collate import collate
-from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
+from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
 from mipo.forward import build_pair_batch
 from mipo.model import FrozenCopyReference
 from mipo.needs import Need
 
-
-def tiny_llama(seed: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+# The shared tiny Llama with LlamaConfig's default token ids (no pad), 256 positions.
+LLAMA = {"max_position_embeddings": 256, "pad_token_id": None}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +41,9 @@ def setup() -> tuple:
             )
         )
     tensors = collate(pairs, pad_token_id=tokenizer.pad_token_id)
-    policy = tiny_llama(0)
+    policy = tiny_llama(0, **LLAMA)
     # a reference that differs from the policy, so KLs are not zero
-    reference_model = tiny_llama(1)
+    reference_model = tiny_llama(1, **LLAMA)
     for p in reference_model.parameters():
         p.requires_grad_(False)
     return tokenizer, tensors, policy, reference_model

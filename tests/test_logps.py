@@ -9,28 +9,17 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given
+from tiny import tiny_llama
 from torch import Tensor, nn
 from torch.testing import assert_close
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from mipo.logps import TokenStats, final_hidden_states, token_stats
 
 F64 = {"rtol": 1e-9, "atol": 1e-10}
 
-
-def tiny_llama(*, tied: bool = True, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tied,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
+# The shared tiny Llama over 97 ids, without a pad id, 128 positions.
+LLAMA = {"vocab_size": 97, "max_position_embeddings": 128, "pad_token_id": None}
 
 
 def oracle(
@@ -225,7 +214,7 @@ def _model_logits(model: nn.Module, ids: Tensor, attention: Tensor) -> Tensor:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_final_hidden_states_through_head_equal_model_logits(tied: bool) -> None:
-    model = tiny_llama(tied=tied).double()
+    model = tiny_llama(tie_word_embeddings=tied, **LLAMA).double()
     ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(0))
     attention = torch.ones_like(ids)
     attention[1, 5:] = 0
@@ -253,7 +242,7 @@ def test_final_hidden_states_gpt2() -> None:
 
 def test_final_hidden_states_peft_keeps_adapters_active() -> None:
     peft = pytest.importorskip("peft")
-    model = tiny_llama().double()
+    model = tiny_llama(**LLAMA).double()
     lora = peft.LoraConfig(
         r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
@@ -275,7 +264,7 @@ def test_tied_embedding_gradient_through_model_matches_logits_oracle(
     """With tied embeddings the head weight is the input embedding: the gradient
     of the summed response log-probs w.r.t. it (and every other parameter) equals
     the one from ``model(...).logits`` with a hand-written masked log-softmax."""
-    model = tiny_llama(tied=True).double()
+    model = tiny_llama(**LLAMA).double()
     ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(2))
     attention = torch.ones_like(ids)
     attention[0, 6:] = 0
@@ -309,7 +298,7 @@ def test_errors_are_clear() -> None:
 
 
 def test_soft_capped_models_are_refused() -> None:
-    model = tiny_llama()
+    model = tiny_llama(**LLAMA)
     model.config.final_logit_softcapping = 30.0
     ids = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="final_logit_softcapping"):

@@ -318,27 +318,12 @@ def test_recipe_trains_two_steps_on_a_tiny_model(tmp_path: Path) -> None:
     reference log-probs; first step at the reference gives log 2."""
     import json
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny import build_tiny_model_dir
 
-    from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
     from mipo.train import train
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    model_dir = tmp_path / "tiny"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tiny_chat_tokenizer().save_pretrained(model_dir)
+    # 2048 is LlamaConfig's default, which this test was written against.
+    model_dir = build_tiny_model_dir(tmp_path / "tiny", max_position_embeddings=2048)
     overrides = {
         "train.model": str(model_dir),
         "train.output_dir": str(tmp_path / "runs"),

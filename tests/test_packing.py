@@ -2,30 +2,17 @@
 
 import pytest
 import torch
+from tiny import tiny_llama
 from torch import Tensor
 from torch.testing import assert_close
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from mipo.logps import final_hidden_states, token_stats
 from mipo.packing import pack_sequences
 
 VOCAB = 97
 
-
-def tiny_llama(attn_implementation: str) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=64,
-        attn_implementation=attn_implementation,
-    )
-    return LlamaForCausalLM(config).eval()
+# The shared tiny Llama over this file's vocabulary, without a pad id, 64 positions.
+LLAMA = {"vocab_size": VOCAB, "max_position_embeddings": 64, "pad_token_id": None}
 
 
 def padded_batch() -> tuple[Tensor, Tensor, Tensor]:
@@ -75,8 +62,8 @@ def test_packed_token_stats_equal_padded(
     """Log-probs, forward KL and their parameter gradients from one packed row
     equal those of the padded batch (reference: the same model with its weights
     perturbed)."""
-    policy = tiny_llama(attn_implementation).to(dtype)
-    reference = tiny_llama(attn_implementation).to(dtype)
+    policy = tiny_llama(attn_implementation=attn_implementation, **LLAMA).to(dtype)
+    reference = tiny_llama(attn_implementation=attn_implementation, **LLAMA).to(dtype)
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -123,7 +110,7 @@ def test_packed_token_stats_equal_padded(
 
 
 def test_unpacked_hidden_states_equal_padded_on_real_tokens() -> None:
-    model = tiny_llama("sdpa").double()
+    model = tiny_llama(attn_implementation="sdpa", **LLAMA).double()
     ids, attention, labels = padded_batch()
     packed = pack_sequences(ids, attention, labels)
     hidden = packed.unpack(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from builders import pair, side
+from tiny import build_tiny_model_dir
 from torch.testing import assert_close
 
 from mipo import Objective
@@ -99,26 +100,8 @@ def test_token_weights_multiply_the_priors_weighters() -> None:
 
 
 def test_command_line_on_a_tiny_model(tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    model_dir = tmp_path / "tiny"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tiny_chat_tokenizer().save_pretrained(model_dir)
+    # 2048 is LlamaConfig's default, which this test was written against.
+    model_dir = build_tiny_model_dir(tmp_path / "tiny", max_position_embeddings=2048)
     rows = [
         {"prompt": f"{i} + 1 =", "chosen": f" {i + 1}", "rejected": f" {i + 20}0"}
         for i in range(4)

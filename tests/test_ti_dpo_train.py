@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+from tiny import build_tiny_model_dir
 
 from mipo.train import train
 
@@ -20,28 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny-llama-ti-dpo")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tiny_chat_tokenizer().save_pretrained(path)
-    return path
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama-ti-dpo"))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import build_tiny_model_dir
 
 from mipo.errors import NonFiniteLossError
 from mipo.model import AdapterOffReference, FrozenCopyReference
@@ -35,31 +36,6 @@ LOOP_KEYS = {
     "tokens_per_second",
     "peak_memory_mb",
 }
-
-
-def build_tiny_model_dir(path: Path) -> Path:
-    """Save a seeded tiny Llama and the tiny ChatML tokenizer under ``path``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mipo.data.tiny_tokenizer import TINY_VOCAB_SIZE, tiny_chat_tokenizer
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tiny_chat_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

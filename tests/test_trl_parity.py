@@ -17,11 +17,8 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 tokenizers = pytest.importorskip("tokenizers")
 
-from transformers import (  # noqa: E402
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from tiny import tiny_llama  # noqa: E402
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from mipo import PairBatch, Side  # noqa: E402
 from mipo.logps import final_hidden_states, token_stats  # noqa: E402
@@ -47,22 +44,16 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_llama(vocab_size: int, seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+def word_llama(vocab_size: int, seed: int) -> LlamaForCausalLM:
+    """The shared tiny Llama over the word tokenizer's ids, 64 positions."""
+    return tiny_llama(
+        seed,
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
         max_position_embeddings=64,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=None,
     )
-    return LlamaForCausalLM(config)
 
 
 EXAMPLES = [
@@ -76,8 +67,8 @@ EXAMPLES = [
 @pytest.mark.parametrize("beta", [0.1, 0.7])
 def test_dpo_loss_and_reward_metrics_equal_trl(tmp_path: Path, beta: float) -> None:
     tokenizer = word_tokenizer()
-    policy = tiny_llama(len(tokenizer), seed=0)
-    reference = tiny_llama(len(tokenizer), seed=0)
+    policy = word_llama(len(tokenizer), seed=0)
+    reference = word_llama(len(tokenizer), seed=0)
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.1 * torch.randn_like(p))

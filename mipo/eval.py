@@ -41,6 +41,7 @@ def evaluate_pairs(
     reference_cache: dict | None = None,
     anchor_sampling: Any = None,
     mask_model: nn.Module | None = None,
+    prior_model: nn.Module | None = None,
 ) -> dict[str, float | int]:
     """Implicit-reward accuracy, margin, loss and chosen KL(pi||ref) per token.
 
@@ -81,6 +82,7 @@ def evaluate_pairs(
                     pad_token_id=pad_token_id,
                     eos_token_id=eos_token_id,
                     mask_model=mask_model,
+                    prior_model=prior_model,
                 )
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards

@@ -109,6 +109,7 @@ def build_pair_batch(
     pad_token_id: int,
     eos_token_id: int | None = None,
     mask_model: Any = None,
+    prior_model: Any = None,
 ) -> PairBatch:
     """The :class:`PairBatch` of one micro-batch with the fields in ``needs``.
 
@@ -132,6 +133,8 @@ def build_pair_batch(
             ``Need.REFERENCE_ACTIVATIONS`` / ``Need.REFERENCE_HIDDEN_LAYERS``: it
             hooks the reference forward, and its masks fill ``token_weights``
             (reward mask) and ``kl_weights`` (KL mask) instead of data columns.
+        prior_model: the :class:`~mipo.learned_prior.LogitBiasPrior` that serves
+            ``Need.LEARNED_PRIOR``: its detached log-probs fill ``prior_logps``.
 
     Returns:
         A validated :class:`PairBatch`.
@@ -166,6 +169,8 @@ def build_pair_batch(
     if needs & MASK_NEEDS and mask_model is None:
         names = ", ".join(sorted(n.value for n in needs & MASK_NEEDS))
         raise ValueError(f"the objective needs {names}: pass the trainer's mask_model")
+    if Need.LEARNED_PRIOR in needs and prior_model is None:
+        raise ValueError("the objective needs learned_prior: pass the prior_model")
     captured: dict[str, list[Tensor]] = {}
     if needs_reference and reference is not None:
         hooks = contextlib.nullcontext(captured)
@@ -199,6 +204,9 @@ def build_pair_batch(
     )
     length = labels.shape[1] - 1
     sequence_mask = mask[:, 1:].bool()
+    prior_logps = None
+    if prior_model is not None and Need.PRIOR_LOGPS in needs:
+        prior_logps = prior_model.token_logps(reference_hidden, reference_head, labels)
     masks = None
     if mask_model is not None:
         masks = mask_model.masks(
@@ -219,6 +227,8 @@ def build_pair_batch(
             elif index < 2 and precomputed_reference is not None:
                 cached = precomputed_reference[index].to(stats.policy_logps.dtype)
                 fields["reference_logps"] = _pad_to(cached, length)
+        if prior_logps is not None:
+            fields["prior_logps"] = prior_logps[part].to(stats.policy_logps.dtype)
         if Need.KL_FORWARD in needs:
             fields["kl_forward"] = stats.kl_forward[part]
         if Need.KL_REVERSE in needs:

@@ -253,13 +253,22 @@ class SparseMaskNetwork(nn.Module):
     Linear(d, 1) → ReLU → Dropout; concatenate; Linear(L, 1, bias=False) → ReLU →
     Dropout. Output $\ge 0$."""
 
-    def __init__(self, hidden_size: int, num_layers: int, dropout: float) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        mixer_init: float | None = None,
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
         self.per_layer = nn.ModuleList(
             nn.Linear(hidden_size, 1) for _ in range(num_layers)
         )
         self.combine = nn.Linear(num_layers, 1, bias=False)
+        if mixer_init is not None:
+            # see LearnedMasks.mixer_init: avoids a mask that is dead from the start
+            nn.init.constant_(self.combine.weight, mixer_init / num_layers)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, states: Float[Tensor, "layers batch seq hidden"]) -> TokenWeights:
@@ -276,12 +285,20 @@ class LearnedMaskModel(AbstractMaskModel):
     ("sparse-indp") over the reference hidden states of every layer."""
 
     def __init__(
-        self, *, hidden_size: int, num_layers: int, independent: bool, dropout: float
+        self,
+        *,
+        hidden_size: int,
+        num_layers: int,
+        independent: bool,
+        dropout: float,
+        mixer_init: float | None = None,
     ) -> None:
         super().__init__()
-        self.reward = SparseMaskNetwork(hidden_size, num_layers, dropout)
+        self.reward = SparseMaskNetwork(hidden_size, num_layers, dropout, mixer_init)
         self.kl = (
-            SparseMaskNetwork(hidden_size, num_layers, dropout) if independent else None
+            SparseMaskNetwork(hidden_size, num_layers, dropout, mixer_init)
+            if independent
+            else None
         )
 
     def capture_points(self, model: nn.Module) -> list[CapturePoint]:
@@ -313,30 +330,40 @@ class LearnedMaskModel(AbstractMaskModel):
         )
 
 
+def primitives_in(value: object) -> list[object]:
+    """Every primitive reachable from ``value`` through dataclass fields and
+    tuples (an objective, its slots, their arguments), depth first, distinct."""
+    found: list[object] = []
+
+    def walk(item: object) -> None:
+        if isinstance(item, tuple | list):
+            for element in item:
+                walk(element)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            if item not in found:
+                found.append(item)
+            for field in dataclasses.fields(item):
+                walk(getattr(item, field.name))
+
+    walk(value)
+    return found
+
+
 def find_mask_source(objective: object) -> "AbstractMaskSource | None":
     """The one mask source among the primitives of ``objective`` whose needs the
     objective asks for (``None`` when there is none); two different sources are
     refused."""
     from mipo.primitives.masks import AbstractMaskSource
 
-    found: list[AbstractMaskSource] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, AbstractMaskSource):
-            if value not in found:
-                found.append(value)
-            return
-        if isinstance(value, tuple | list):
-            for item in value:
-                walk(item)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            for field in dataclasses.fields(value):
-                walk(getattr(value, field.name))
-
-    walk(objective)
     needs = getattr(objective, "needs", frozenset())
     # a source without needs (DataMasks) has no model to build
-    active = [source for source in found if source.needs and source.needs <= needs]
+    active = [
+        source
+        for source in primitives_in(objective)
+        if isinstance(source, AbstractMaskSource)
+        and source.needs
+        and source.needs <= needs
+    ]
     if len(active) > 1:
         raise ValueError(
             f"the objective uses {len(active)} different mask sources {active}; "
@@ -353,5 +380,6 @@ __all__ = [
     "SparseMaskNetwork",
     "decoder_layers",
     "find_mask_source",
+    "primitives_in",
     "minmax_over_response",
 ]

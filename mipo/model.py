@@ -35,6 +35,7 @@ REFERENCE_NEEDS = frozenset(
         Need.KL_REVERSE,
         Need.REFERENCE_ACTIVATIONS,
         Need.REFERENCE_HIDDEN_LAYERS,
+        Need.LEARNED_PRIOR,
     }
 )
 """Needs that read the reference model."""
@@ -45,6 +46,7 @@ LOGIT_NEEDS = frozenset(
         Need.ANCHOR,
         Need.REFERENCE_ACTIVATIONS,
         Need.REFERENCE_HIDDEN_LAYERS,
+        Need.LEARNED_PRIOR,
     }
 )
 """Needs that a cache of reference token log-probs cannot serve."""
@@ -206,6 +208,9 @@ class AdapterOffReference(AbstractReference):
 def check_reference_kind(config: TrainConfig, needs: frozenset[Need]) -> None:
     """Refuse combinations the trainer cannot serve, before any model is loaded."""
     unsupported = needs & UNSUPPORTED_NEEDS
+    if Need.LEARNED_PRIOR in needs:
+        # the trainer fits the prior model itself and supplies its log-probs
+        unsupported -= {Need.PRIOR_LOGPS}
     if unsupported:
         names = ", ".join(sorted(n.value for n in unsupported))
         raise ValueError(

@@ -38,6 +38,9 @@ class Need(enum.Enum):
     REFERENCE_HIDDEN_LAYERS = "reference_hidden_layers"
     """Reference hidden states of every layer, fed to a learned mask model
     (SparsePO masks, written into ``token_weights`` and ``kl_weights``)."""
+    LEARNED_PRIOR = "learned_prior"
+    """A prior model the trainer fits to policy samples (the Blahut–Arimoto prior
+    step) and whose detached log-probs it writes into ``prior_logps``."""
     ANCHOR = "anchor"
     """A policy-generated anchor response, as a third :class:`~mipo.batch.Side`."""
 
@@ -46,7 +49,11 @@ class Need(enum.Enum):
         """False for needs the trainer serves without a batch field of that name
         (mask models hooked into the reference forward; their masks arrive as
         ``token_weights`` / ``kl_weights``)."""
-        return self not in (Need.REFERENCE_ACTIVATIONS, Need.REFERENCE_HIDDEN_LAYERS)
+        return self not in (
+            Need.REFERENCE_ACTIVATIONS,
+            Need.REFERENCE_HIDDEN_LAYERS,
+            Need.LEARNED_PRIOR,
+        )
 
     @property
     def batch_level(self) -> bool:

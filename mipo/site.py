@@ -53,11 +53,12 @@ class SitePlan:
 def _optional_modules() -> dict[str, tuple[str, ...]]:
     """API pages for modules that exist in this checkout (later features add theirs)."""
     extra = {
-        "Priors": ("mipo.mi",),
+        "Priors": ("mipo.primitives.learned_prior", "mipo.learned_prior", "mipo.mi"),
         "Token weighters": (
             "mipo.primitives.otpo",
             "mipo.primitives.attribution",
             "mipo.primitives.masks",
+            "mipo.masks",
         ),
         "Terms": ("mipo.primitives.triplet",),
         "Training": (

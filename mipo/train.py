@@ -40,6 +40,7 @@ from mipo.config import TrainConfig
 from mipo.errors import NonFiniteLossError
 from mipo.eval import evaluate_pairs, gold_accuracy
 from mipo.forward import CausalLMBody, build_pair_batch, count_tokens
+from mipo.learned_prior import find_learned_prior, fit_prior_to_policy
 from mipo.masks import find_mask_source
 from mipo.model import load_models
 from mipo.needs import Need
@@ -216,6 +217,9 @@ def train(
     chunk_size = config.logps_chunk_size or None
     anchor_sampling = anchor_sampling_of(objective)
     mask_model = _mask_model(objective, policy, device, checkpoint)
+    prior_settings = find_learned_prior(objective)
+    prior_model = _prior_model(prior_settings, policy, device, checkpoint)
+    prior_metrics: dict[str, float] = {}
 
     policy.to(device)
     reference_cache = None
@@ -303,6 +307,7 @@ def train(
             reference_cache=reference_cache,
             anchor_sampling=anchor_sampling,
             mask_model=mask_model,
+            prior_model=prior_model,
         )
         return result
 
@@ -365,6 +370,8 @@ def train(
             )
             if mask_model is not None:
                 _save_mask_model(mask_model, run_dir / f"checkpoint-{step}")
+            if prior_model is not None:
+                _save_module(prior_model, run_dir / f"checkpoint-{step}", PRIOR_FILE)
         accelerator.wait_for_everyone()
 
     saved_at = -1
@@ -393,6 +400,22 @@ def train(
                     if reference_cache is None
                     else lookup_reference(reference_cache, batch)
                 )
+                if (
+                    prior_model is not None
+                    and in_group == 1
+                    and step % prior_settings.prior_update_every == 0
+                ):
+                    # the Blahut-Arimoto prior step, outside J (objective.md §7.3)
+                    prior_metrics = fit_prior_to_policy(
+                        prior_model,
+                        prior_settings,
+                        unwrapped,
+                        reference,
+                        batch.tensors.prompt_input_ids,
+                        batch.tensors.prompt_attention_mask,
+                        pad_token_id=pad_id,
+                        eos_token_id=eos_id,
+                    )
                 context = (
                     contextlib.nullcontext() if sync else accelerator.no_sync(body)
                 )
@@ -410,6 +433,7 @@ def train(
                             pad_token_id=pad_id,
                             eos_token_id=eos_id,
                             mask_model=mask_model,
+                            prior_model=prior_model,
                         )
                     try:
                         out = objective(pair_batch)
@@ -449,6 +473,7 @@ def train(
                         grad_norm=float(grad_norm),
                         device=device,
                     )
+                    last_record.update(prior_metrics)
                     if metrics_log is not None:
                         metrics_log.log(last_record)
                     accuracy = last_record.get("rewards/accuracies", math.nan)
@@ -553,11 +578,42 @@ def _mask_model(
 
 
 def _save_mask_model(model: torch.nn.Module, checkpoint: Path) -> None:
+    _save_module(model, checkpoint, MASK_MODEL_FILE)
+
+
+def _save_module(model: torch.nn.Module, checkpoint: Path, name: str) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if state:
         from safetensors.torch import save_file
 
-        save_file(state, str(checkpoint / MASK_MODEL_FILE))
+        save_file(state, str(checkpoint / name))
+
+
+PRIOR_FILE = "prior_model.safetensors"
+"""The learned prior's bias inside a ``checkpoint-N`` directory."""
+
+
+def _prior_model(
+    settings: Any,
+    policy: torch.nn.Module,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> Any:
+    """The learned prior (``None`` without one), restored when resuming."""
+    if settings is None:
+        return None
+    from mipo.learned_prior import LogitBiasPrior
+
+    vocab = policy.get_output_embeddings().weight.shape[0]
+    model = LogitBiasPrior(vocab)
+    if checkpoint is not None:
+        from safetensors.torch import load_file
+
+        path = Path(checkpoint) / PRIOR_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the run's learned prior is missing")
+        model.load_state_dict(load_file(str(path)))
+    return model.to(device)
 
 
 def _broadcast(accelerator: Any, value: str) -> str:
@@ -675,6 +731,9 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
             reference_cache=cache,
             anchor_sampling=anchor_sampling_of(objective),
             mask_model=_mask_model(objective, policy, device, checkpoint),
+            prior_model=_prior_model(
+                find_learned_prior(objective), policy, device, checkpoint
+            ),
         )
     gold = gold_accuracy(
         policy,

@@ -175,7 +175,7 @@ def test_learned_masks_send_gradient_to_mask_parameters_only(setup: tuple) -> No
     assert all(g is not None for g in mask_grads)
     assert any(float(g.abs().sum()) > 0 for g in mask_grads)
     assert all(p.grad is None for p in reference.model.parameters())
-    out.loss.backward()
+    out.loss.backward(retain_graph=True)
     assert all(not p.requires_grad for p in reference.model.parameters())
     policy_grad = torch.cat([p.grad.flatten() for p in policy.parameters()])
     frozen = objective(
@@ -206,7 +206,9 @@ def test_common_mask_halves_each_l1_coefficient(setup: tuple) -> None:
     assert [t.weight for t in independent.terms] == [0.3, 0.2]
     assert [t.weight for t in data.terms] == [0.3, 0.2]
     torch.manual_seed(0)
-    model = LearnedMaskModel(hidden_size=64, num_layers=2, independent=False, dropout=0)
+    model = LearnedMaskModel(
+        hidden_size=64, num_layers=2, independent=False, dropout=0.0
+    )
     batch = _batch(setup, common, model)
     assert_close(batch.chosen.kl_weights, batch.chosen.token_weights, rtol=0, atol=0)
 
@@ -229,3 +231,31 @@ def test_two_mask_sources_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="2 different mask sources"):
         find_mask_source(mixed)
+
+
+def test_mixer_init_starts_from_the_mean_of_layer_scores(setup: tuple) -> None:
+    """mixer_init=c sets every mixer weight to c/L, so m_t = mean over layers of
+    the per-layer ReLU scores (dropout off): checked against that formula."""
+    source = LearnedMasks(mixer_init=1.0, dropout=0.0)
+    model = source.build_model(hidden_size=64, num_layers=2)
+    assert_close(model.reward.combine.weight, torch.full((1, 2), 0.5))
+    objective = SPARSEPO.make_objective(masks=source)
+    _, tensors, _, reference = setup
+    batch = _batch(setup, objective, model)
+    with torch.no_grad():
+        states = reference.model(
+            input_ids=tensors.chosen.input_ids,
+            attention_mask=tensors.chosen.attention_mask,
+            output_hidden_states=True,
+        ).hidden_states[1:]
+        network = model.reward
+        scores = [
+            torch.relu(linear(network.norm(state[:, :-1])))[..., 0]
+            for linear, state in zip(network.per_layer, states, strict=True)
+        ]
+        oracle = torch.stack(scores).mean(0)
+    side = batch.chosen
+    width = oracle.shape[1]
+    expected = torch.where(side.response_mask[:, :width], oracle, 0.0)
+    assert_close(side.token_weights[:, :width].detach(), expected, rtol=1e-5, atol=1e-6)
+    assert float(side.token_weights.detach().sum()) > 0

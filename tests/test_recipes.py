@@ -30,6 +30,7 @@ EXPECTED_RECIPES = frozenset(
         "hdpo",
         "ipo",
         "mi_dpo",
+        "mi_dpo_learned_prior",
         "otpo",
         "rdpo",
         "simpo",
@@ -95,7 +96,11 @@ def test_recipe_runs_with_every_undeclared_field_absent(recipe: Recipe) -> None:
             for f in dataclasses.fields(getattr(batch, role))
             if getattr(getattr(batch, role), f.name) is not None
         }
-        declared = {need.value for need in objective.needs if not need.batch_level}
+        declared = {
+            need.value
+            for need in objective.needs
+            if not need.batch_level and need.in_batch
+        }
         assert present == declared | {"policy_logps", "response_mask"}
     out = objective(batch)
     assert bool(torch.isfinite(out.loss))

@@ -3,6 +3,7 @@
 from mipo.primitives.attribution import (
     GradientAttributionWeights as GradientAttributionWeights,
 )
+from mipo.primitives.learned_prior import MarginalFitPrior as MarginalFitPrior
 from mipo.primitives.link import AbstractLink as AbstractLink
 from mipo.primitives.link import HingeLink as HingeLink
 from mipo.primitives.link import IPOLink as IPOLink

@@ -144,11 +144,19 @@ class LearnedMasks(AbstractMaskSource):
             ("sparse-indp"); False shares one ("sparse-common").
         dropout: dropout after each ReLU (``mask_dropout``).
         mask_weight_decay: weight decay of the mask parameters.
+        mixer_init: ``None`` keeps PyTorch's default initialisation of the
+            mixer ``Linear(L, 1)``, as the authors' code does; a value $c$ starts
+            every mixer weight at $c/L$ ($c = 1$: the plain mean of the per-layer
+            scores). With the default, the mixer's sum is negative at every token
+            for some seeds, the final ReLU zeroes the mask everywhere and no
+            gradient ever reaches the masks or the policy (seen on SmolLM2,
+            ``docs/learned_priors.md``).
     """
 
     independent_masks: bool = False
     dropout: float = 0.01
     mask_weight_decay: float = 0.01
+    mixer_init: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
@@ -173,6 +181,7 @@ class LearnedMasks(AbstractMaskSource):
             num_layers=num_layers,
             independent=self.independent_masks,
             dropout=self.dropout,
+            mixer_init=self.mixer_init,
         )
 
     @property

@@ -1,0 +1,167 @@
+r"""The prior model behind :class:`~mipo.primitives.MarginalFitPrior`: reference
+logits plus a learned vocabulary bias, fitted to policy samples.
+
+$\log\zeta_\phi(y_t|s_t) = \log\operatorname{softmax}(o^{ref}(s_t) + \phi)_{y_t}$.
+The trainer owns one :class:`LogitBiasPrior`; :func:`fit_prior_to_policy` is the
+Blahut–Arimoto prior step (maximum likelihood on responses sampled from the
+current policy, ``objective.md`` §7.3), and :meth:`LogitBiasPrior.token_logps`
+gives the detached $\log\zeta_\phi$ that reaches $J$ as ``prior_logps``. The
+bias is trained by its own objective only; $J$ never differentiates it.
+"""
+
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from mipo.logps import IGNORE_INDEX
+from mipo.typing import TokenLogps
+
+
+class LogitBiasPrior(nn.Module):
+    """$\\phi \\in \\mathbb{R}^V$, zero at the start ($\\zeta_\\phi = \\pi_{ref}$)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def token_logps(
+        self,
+        reference_hidden: Float[Tensor, "batch length hidden"],
+        head: nn.Module,
+        labels: Int[Tensor, "batch length"],
+        *,
+        chunk_rows: int = 4,
+    ) -> TokenLogps:
+        r"""$\log\zeta_\phi(y_t|s_t)$ on the shifted axis (0 where the label is
+        ignored), without gradient: a constant inside $J$."""
+        shifted = labels[:, 1:]
+        rows = []
+        with torch.no_grad():
+            for start in range(0, shifted.shape[0], chunk_rows):
+                hidden = reference_hidden[start : start + chunk_rows, :-1]
+                logits = head(hidden).float() + self.bias.float()
+                target = shifted[start : start + chunk_rows]
+                ids = target.clamp(min=0).unsqueeze(-1)
+                picked = torch.log_softmax(logits, dim=-1).gather(-1, ids).squeeze(-1)
+                rows.append(torch.where(target == IGNORE_INDEX, 0.0, picked))
+        return torch.cat(rows).detach()
+
+    def fit(
+        self,
+        reference_logits: Float[Tensor, "tokens vocab"],
+        tokens: Int[Tensor, " tokens"],
+        *,
+        steps: int,
+        learning_rate: float,
+    ) -> tuple[float, float]:
+        r"""Maximise $\frac1N\sum_n \log\operatorname{softmax}(o_n + \phi)_{y_n}$ over
+        $\phi$ by plain gradient descent; returns the mean negative
+        log-likelihood before and after. The objective is convex in $\phi$, its
+        gradient $\frac1N\sum_n \zeta_\phi(\cdot|s_n) - \hat p$ (model minus
+        empirical token frequencies) and its Hessian is at most $\frac12 I$, so a
+        rate up to 2 is stable. Plain descent on purpose: Adam's per-coordinate
+        normalisation moves every one of the $V$ biases by about the rate per
+        step, even for tokens the samples never contain."""
+        logits = reference_logits.detach().float()
+
+        def nll() -> Tensor:
+            logps = torch.log_softmax(logits + self.bias.float(), dim=-1)
+            return -logps.gather(-1, tokens.unsqueeze(-1)).mean()
+
+        optimiser = torch.optim.SGD([self.bias], lr=learning_rate)
+        with torch.enable_grad():
+            before = float(nll().detach())
+            for _ in range(steps):
+                optimiser.zero_grad(set_to_none=True)
+                loss = nll()
+                loss.backward()
+                optimiser.step()
+            self.bias.grad = None
+        with torch.no_grad():
+            return before, float(nll())
+
+
+def fit_prior_to_policy(
+    prior: LogitBiasPrior,
+    settings: Any,
+    policy: nn.Module,
+    reference: Any,
+    prompt_input_ids: Int[Tensor, "batch prompt"],
+    prompt_attention_mask: Int[Tensor, "batch prompt"],
+    *,
+    pad_token_id: int,
+    eos_token_id: int,
+) -> dict[str, float]:
+    """One Blahut–Arimoto prior step: sample one response per prompt from
+    ``policy`` (plain sampling at ``settings.sample_temperature``), then fit the
+    bias to the sampled tokens under the reference logits.
+
+    Args:
+        prior: the bias to fit (in place).
+        settings: the :class:`~mipo.primitives.MarginalFitPrior`.
+        policy: the current policy (samples without gradient).
+        reference: the :class:`~mipo.model.AbstractReference`.
+        prompt_input_ids: left-padded prompts.
+        prompt_attention_mask: 1 on prompt tokens.
+        pad_token_id: padding id.
+        eos_token_id: ends a sampled response.
+
+    Returns:
+        ``prior/nll_before``, ``prior/nll_after`` (mean per sampled token) and
+        ``prior/bias_norm``.
+    """
+    from mipo.anchor import AnchorSampling, generate_anchor
+
+    sampling = AnchorSampling(
+        max_new_tokens=settings.sample_max_new_tokens,
+        top_k=0,
+        top_p=1.0,
+        temperature=settings.sample_temperature,
+    )
+    samples = generate_anchor(
+        policy,
+        prompt_input_ids,
+        prompt_attention_mask,
+        sampling=sampling,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
+    hidden = reference.hidden_states(samples.input_ids, samples.attention_mask)
+    labels = samples.labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    with torch.no_grad():
+        logits = reference.head(hidden[:, :-1][keep]).float()
+    before, after = prior.fit(
+        logits,
+        labels[keep],
+        steps=settings.fit_steps,
+        learning_rate=settings.fit_learning_rate,
+    )
+    return {
+        "prior/nll_before": before,
+        "prior/nll_after": after,
+        "prior/bias_norm": float(prior.bias.detach().norm()),
+    }
+
+
+def find_learned_prior(objective: Any) -> Any:
+    """The :class:`~mipo.primitives.MarginalFitPrior` of ``objective`` (``None``
+    when there is none); two different ones are refused."""
+    from mipo.masks import primitives_in
+    from mipo.needs import Need
+    from mipo.primitives.learned_prior import MarginalFitPrior
+
+    if Need.LEARNED_PRIOR not in objective.needs:
+        return None
+    found = [p for p in primitives_in(objective) if isinstance(p, MarginalFitPrior)]
+    if len(found) != 1:
+        raise ValueError(
+            f"the objective has {len(found)} different learned priors {found}; "
+            f"expected exactly one"
+        )
+    return found[0]
+
+
+__all__ = ["LogitBiasPrior", "find_learned_prior", "fit_prior_to_policy"]

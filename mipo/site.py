@@ -278,6 +278,7 @@ def build_site(out: Path) -> Path:
             str(out / "mkdocs.yml"),
         ],
         check=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     return out / "site"
 

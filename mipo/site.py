@@ -264,6 +264,10 @@ def build_site(out: Path) -> Path:
         target = source / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
+    for image in sorted((REPO / "docs").rglob("*.png")):
+        target = source / image.relative_to(REPO / "docs")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, target)
     config = CONFIG.format(repo=REPO, nav=_yaml(plan.nav, 2))
     (out / "mkdocs.yml").write_text(config)
     subprocess.run(

@@ -20,7 +20,10 @@ The three constructions of the paper (Liu et al., ICLR 2025, arXiv 2410.04350):
    swapped pairs, ``--train.swap_pairs=true``): ``--positive M_fwd --negative M_rev``.
 
 **EOS rule.** The authors score response tokens without the EOS and give the EOS
-weight 0. mipo writes the EOS weight 0 by default (``--eos-weight 0``); pass
+weight 0. Weight columns cover whole completions (no truncation at scoring);
+training truncation cuts them together with the tokens, and
+``TransformedWeights(eos_weight=0.0)`` gives the last kept token weight 0, as the
+authors' code does after truncation. mipo writes the EOS weight 0 by default (``--eos-weight 0``); pass
 ``--eos-weight scored`` to keep its contrastive score instead. Scores are not
 rounded (the authors round to 2 decimals). Raw scores are written; bounded
 weights come from a transform at training time (``recipes/tis_dpo.py``,
@@ -48,6 +51,8 @@ from mipo.data.load import load_records
 from mipo.data.records import PreferenceRecord
 from mipo.data.tokenize import EncodedPair, encode_record
 from mipo.logps import final_hidden_states, token_stats
+
+_UNTRUNCATED = 1 << 30
 
 SYSTEM_TEMPLATES: dict[str, str | None] = {
     "normal": None,
@@ -113,6 +118,14 @@ def _completion_logps(
     return out[0], out[1]
 
 
+def _full(record: PreferenceRecord, tokenizer: object) -> EncodedPair:
+    """The record tokenised without truncation: weight columns cover whole
+    completions, and training truncation later cuts them with the tokens."""
+    return encode_record(
+        record, tokenizer, max_length=_UNTRUNCATED, max_prompt_length=_UNTRUNCATED - 1
+    )
+
+
 def score_batch(
     records: Sequence[PreferenceRecord],
     tokenizer: object,
@@ -120,35 +133,17 @@ def score_batch(
     negative: torch.nn.Module,
     contrast: Contrast,
     *,
-    max_length: int,
-    max_prompt_length: int,
     eos_weight: float | None,
 ) -> list[tuple[list[float], list[float]]]:
-    """Oriented scores (chosen, rejected) per record, aligned with the completion
-    tokens of ``encode_record(record)`` (EOS last)."""
-    base = [
-        encode_record(
-            r, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
-        )
-        for r in records
-    ]
-    # The system prompt lengthens the prompt: give it room, so that the scored
-    # completions are exactly the training completions (checked below).
-    room = max_length + 1024
+    """Oriented scores (chosen, rejected) per record, aligned with the whole
+    completion of ``encode_record(record)`` (EOS last)."""
+    base = [_full(r, tokenizer) for r in records]
     scored = {}
     for name, model, system in (
         ("positive", positive, contrast.positive_system),
         ("negative", negative, contrast.negative_system),
     ):
-        encoded = [
-            encode_record(
-                with_system(r, system),
-                tokenizer,
-                max_length=room,
-                max_prompt_length=room - 1,
-            )
-            for r in records
-        ]
+        encoded = [_full(with_system(r, system), tokenizer) for r in records]
         for record, want, got in zip(records, base, encoded, strict=True):
             if (
                 got.chosen_ids != want.chosen_ids
@@ -156,7 +151,7 @@ def score_batch(
             ):
                 raise DataError(
                     f"{record.source}: the {name} prompt changes how the responses "
-                    f"tokenise (or truncation cut them); cannot align weights"
+                    f"tokenise; cannot align weights"
                 )
         device = next(model.parameters()).device
         pad = getattr(tokenizer, "pad_token_id", None)
@@ -222,8 +217,6 @@ def estimate(
     negative: torch.nn.Module,
     tokenizer: object,
     contrast: Contrast,
-    max_length: int = 512,
-    max_prompt_length: int = 256,
     batch_size: int = 8,
     eos_weight: float | None = 0.0,
     max_examples: int = 0,
@@ -250,8 +243,6 @@ def estimate(
                 positive,
                 negative,
                 contrast,
-                max_length=max_length,
-                max_prompt_length=max_prompt_length,
                 eos_weight=eos_weight,
             )
             for record, (chosen, rejected) in zip(batch, scores, strict=True):
@@ -308,8 +299,6 @@ def main(argv: list[str] | None = None) -> None:
         help="system prompt for p+: a template name (harmless, harmful, normal) or text",
     )
     est.add_argument("--negative-system", default=None, help="system prompt for p-")
-    est.add_argument("--max-length", type=int, default=512)
-    est.add_argument("--max-prompt-length", type=int, default=256)
     est.add_argument("--batch-size", type=int, default=8)
     est.add_argument("--max-examples", type=int, default=0)
     est.add_argument(
@@ -346,8 +335,6 @@ def main(argv: list[str] | None = None) -> None:
         negative=negative,
         tokenizer=tokenizer,
         contrast=contrast,
-        max_length=args.max_length,
-        max_prompt_length=args.max_prompt_length,
         batch_size=args.batch_size,
         eos_weight=eos,
         max_examples=args.max_examples,

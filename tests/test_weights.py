@@ -60,8 +60,6 @@ def _estimate(data: Path, out: Path, tiny, **kwargs) -> Path:
         negative=model,
         tokenizer=tokenizer,
         contrast=CONTRAST,
-        max_length=256,
-        max_prompt_length=128,
         batch_size=2,
         progress=False,
         **kwargs,
@@ -99,7 +97,7 @@ def test_scores_are_oriented_per_role(tiny) -> None:
     contrastive prompts negates both; identical prompts give zeros."""
     model, tokenizer = tiny
     records = load_records_from_rows()
-    kwargs = {"max_length": 256, "max_prompt_length": 128, "eos_weight": None}
+    kwargs = {"eos_weight": None}
     forward = score_batch(records, tokenizer, model, model, CONTRAST, **kwargs)
     swapped = Contrast(
         positive_system=CONTRAST.negative_system,
@@ -204,10 +202,6 @@ def test_estimate_then_train_tis_dpo_end_to_end(tmp_path: Path) -> None:
             "harmless",
             "--negative-system",
             "harmful",
-            "--max-length",
-            "128",
-            "--max-prompt-length",
-            "64",
         ]
     )
     weights = [w for r in load_records(str(out)) for w in r.chosen_token_weights[:-1]]
@@ -236,3 +230,23 @@ def test_estimate_then_train_tis_dpo_end_to_end(tmp_path: Path) -> None:
     assert len(metrics) == 2
     assert all(math.isfinite(m["loss"]) for m in metrics)
     assert metrics[1]["rewards/chosen"] != 0.0  # the policy moved after step 1
+
+
+def test_weights_cover_whole_completions_and_training_truncates_them(
+    tiny, data_file, tmp_path
+) -> None:
+    """Scores are written for the untruncated completion; encoding for training with
+    a short max_length cuts weights and tokens together."""
+    _, tokenizer = tiny
+    out = _estimate(data_file, tmp_path / "w.jsonl", tiny)
+    cut_any = False
+    for record in load_records(str(out)):
+        full = encode_record(
+            record, tokenizer, max_length=10_000, max_prompt_length=9_000
+        )
+        assert len(record.chosen_token_weights) == len(full.chosen_ids)
+        short = encode_record(record, tokenizer, max_length=40, max_prompt_length=30)
+        kept = len(short.chosen_ids)
+        assert short.chosen_token_weights == list(record.chosen_token_weights[:kept])
+        cut_any |= kept < len(full.chosen_ids)
+    assert cut_any

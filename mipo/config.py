@@ -53,6 +53,8 @@ class TrainConfig:
         logps_chunk_size: response rows per chunk of the chunked log-prob path
             (0: the eager path, which materialises the full logits).
         eval_max_examples: held-out pairs used by the evaluation (0: all).
+        padding_free: pack the sequences of a micro-batch into one row for the
+            policy and reference forwards (no compute on padding; equal results).
         swap_pairs: train on every pair with chosen and rejected exchanged (the
             reverse DPO model of TIS-DPO's third weight construction).
         eval_max_new_tokens: greedy tokens generated per prompt for the gold-reward
@@ -88,6 +90,7 @@ class TrainConfig:
     eval_max_examples: int = 20
     eval_max_new_tokens: int = 16
     swap_pairs: bool = False
+    padding_free: bool = False
 
     def __post_init__(self) -> None:
         positive = (

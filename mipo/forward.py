@@ -22,6 +22,7 @@ from mipo.batch import PairBatch, Side
 from mipo.logps import IGNORE_INDEX, TokenStats, final_hidden_states, token_stats
 from mipo.model import REFERENCE_NEEDS, AbstractReference
 from mipo.needs import Need
+from mipo.packing import pack_sequences
 
 ATTRIBUTION_NEEDS = frozenset({Need.ATTRIBUTION_SCORES, Need.SEQUENCE_MASK})
 MASK_NEEDS = frozenset({Need.REFERENCE_ACTIVATIONS, Need.REFERENCE_HIDDEN_LAYERS})
@@ -41,15 +42,18 @@ class CausalLMBody(nn.Module):
     def forward(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor,
+        attention_mask: Tensor | None,
         labels: Tensor,
         reference_hidden: Tensor | None = None,
         reference_head: nn.Module | None = None,
         kl_forward: bool = False,
         kl_reverse: bool = False,
         chunk_size: int | None = None,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, TokenStats]:
-        hidden = final_hidden_states(self.model, input_ids, attention_mask)
+        hidden = final_hidden_states(
+            self.model, input_ids, attention_mask, position_ids=position_ids
+        )
         stats = token_stats(
             hidden,
             self.model.get_output_embeddings(),
@@ -110,6 +114,7 @@ def build_pair_batch(
     eos_token_id: int | None = None,
     mask_model: Any = None,
     prior_model: Any = None,
+    padding_free: bool = False,
 ) -> PairBatch:
     """The :class:`PairBatch` of one micro-batch with the fields in ``needs``.
 
@@ -135,6 +140,9 @@ def build_pair_batch(
             (reward mask) and ``kl_weights`` (KL mask) instead of data columns.
         prior_model: the :class:`~mipo.learned_prior.LogitBiasPrior` that serves
             ``Need.LEARNED_PRIOR``: its detached log-probs fill ``prior_logps``.
+        padding_free: run the policy and reference forwards on one packed row
+            (:mod:`mipo.packing`: no compute on padding; attention kept within each
+            sequence) and unpack the per-token results; equal to the padded path.
 
     Returns:
         A validated :class:`PairBatch`.
@@ -171,6 +179,16 @@ def build_pair_batch(
         raise ValueError(f"the objective needs {names}: pass the trainer's mask_model")
     if Need.LEARNED_PRIOR in needs and prior_model is None:
         raise ValueError("the objective needs learned_prior: pass the prior_model")
+    if padding_free and needs & MASK_NEEDS:
+        raise ValueError(
+            "padding_free: not supported with mask models (hooked forwards)"
+        )
+    run_ids, run_mask, run_labels, run_positions = ids, mask, labels, None
+    packed = None
+    if padding_free:
+        packed = pack_sequences(ids, mask, labels)
+        run_ids, run_mask = packed.input_ids, None
+        run_labels, run_positions = packed.labels, packed.position_ids
     captured: dict[str, list[Tensor]] = {}
     if needs_reference and reference is not None:
         hooks = contextlib.nullcontext(captured)
@@ -183,7 +201,9 @@ def build_pair_batch(
                 )
             hooks = mask_model.capturing(reference_model)
         with hooks as captured:
-            reference_hidden = reference.hidden_states(ids, mask)
+            reference_hidden = reference.hidden_states(
+                run_ids, run_mask, position_ids=run_positions
+            )
         reference_head = reference.head
     elif needs & (REFERENCE_NEEDS - {Need.REFERENCE_LOGPS}):
         raise ValueError("the objective needs reference KLs but no reference model")
@@ -193,15 +213,21 @@ def build_pair_batch(
             "precomputed reference log-probs were given"
         )
     hidden, stats = body(
-        ids,
-        mask,
-        labels,
+        run_ids,
+        run_mask,
+        run_labels,
         reference_hidden=reference_hidden,
         reference_head=reference_head,
         kl_forward=Need.KL_FORWARD in needs,
         kl_reverse=Need.KL_REVERSE in needs,
         chunk_size=chunk_size,
+        position_ids=run_positions,
     )
+    if packed is not None:
+        stats = packed.unpack_token_stats(stats)
+        hidden = packed.unpack(hidden)
+        if reference_hidden is not None:
+            reference_hidden = packed.unpack(reference_hidden)
     length = labels.shape[1] - 1
     sequence_mask = mask[:, 1:].bool()
     prior_logps = None

@@ -148,8 +148,15 @@ class AbstractReference(abc.ABC):
     calls: int = 0
 
     @abc.abstractmethod
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Final hidden states ``[batch, length, hidden]`` (no gradient)."""
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        *,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Final hidden states ``[batch, length, hidden]`` (no gradient);
+        ``position_ids`` with ``attention_mask=None`` for a packed row."""
 
     @property
     @abc.abstractmethod
@@ -168,10 +175,18 @@ class FrozenCopyReference(AbstractReference):
         self.model = model
         self.calls = 0
 
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        *,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
         self.calls += 1
         with torch.no_grad():
-            return final_hidden_states(self.model, input_ids, attention_mask)
+            return final_hidden_states(
+                self.model, input_ids, attention_mask, position_ids=position_ids
+            )
 
     @property
     def head(self) -> nn.Module:
@@ -194,10 +209,18 @@ class AdapterOffReference(AbstractReference):
         with torch.no_grad(), self.model.disable_adapter():
             yield
 
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        *,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
         self.calls += 1
         with self._off():
-            return final_hidden_states(self.model, input_ids, attention_mask)
+            return final_hidden_states(
+                self.model, input_ids, attention_mask, position_ids=position_ids
+            )
 
     @property
     def head(self) -> nn.Module:

@@ -434,6 +434,7 @@ def train(
                             eos_token_id=eos_id,
                             mask_model=mask_model,
                             prior_model=prior_model,
+                            padding_free=config.padding_free,
                         )
                     try:
                         out = objective(pair_batch)

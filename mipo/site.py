@@ -37,7 +37,7 @@ API_PAGES: dict[str, tuple[str, ...]] = {
     "Terms": ("mipo.primitives.terms",),
     "Training": ("mipo.config", "mipo.recipes"),
 }
-TEST_ID = re.compile(r"tests/(test_[a-z0-9_]+)\.py::([A-Za-z0-9_]+)")
+TEST_NAME = re.compile(r"`(test_[A-Za-z0-9_]+)`")
 
 
 @final
@@ -103,17 +103,16 @@ def _proof_pages(tests: dict[str, dict[str, str]]) -> dict[str, str]:
         text = path.read_text()
         if path.name != "README.md":
             checked = []
-            for module, name in TEST_ID.findall(text):
-                source = tests.get(module, {}).get(name)
-                if source is None:
-                    raise ValueError(
-                        f"{path}: names tests/{module}.py::{name}, which does not exist"
-                    )
+            for name in dict.fromkeys(TEST_NAME.findall(text)):
+                found = [(m, f[name]) for m, f in tests.items() if name in f]
+                if not found:
+                    raise ValueError(f"{path}: names {name}, which no test defines")
+                module, source = found[0]
                 checked.append(
-                    f"### `tests/{module}.py::{name}`\n\n```python\n{source}\n```\n"
+                    f"### `{name}` (tests/{module}.py)\n\n```python\n{source}\n```\n"
                 )
             if not checked:
-                raise ValueError(f"{path}: names no test (tests/test_x.py::test_y)")
+                raise ValueError(f"{path}: names no test function (`test_...`)")
             text += "\n\n## The test that checks it\n\n" + "\n".join(checked)
         pages[f"proofs/{'index' if path.name == 'README.md' else path.stem}.md"] = text
     return pages

@@ -1,10 +1,11 @@
 """The proofs/ pages and the reduction tests point at each other.
 
-Every ``proofs/*.md`` page (except the README) names at least one pytest node id,
-and every node id it names is a module-level test function that exists. Every
-test in ``tests/test_reductions.py`` has a docstring naming an existing page, and
-the README's table links every page. Test functions are found with :mod:`ast`,
-so nothing is imported or run.
+Every ``proofs/*.md`` page (the README included) names tests as backticked
+function names (```test_...```); every page but the README names at least one, and
+every name is a module-level test function of some ``tests/test_*.py``. Every
+reduction test has a docstring naming an existing page, and the README's table
+links every page. Test functions are found with :mod:`ast`, so nothing is
+imported or run.
 """
 
 import ast
@@ -15,7 +16,7 @@ import pytest
 from conftest import REPO_ROOT
 
 PROOFS = REPO_ROOT / "proofs"
-NODE_ID = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
+TEST_NAME = re.compile(r"`(test_\w+)`")
 PAGE = re.compile(r"proofs/([\w-]+\.md)")
 
 
@@ -37,16 +38,23 @@ def test_there_are_proof_pages() -> None:
     assert len(_pages()) >= 20, f"expected the reduction pages in {PROOFS}"
 
 
-@pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
+def _all_test_functions() -> set[str]:
+    names: set[str] = set()
+    for module in sorted((REPO_ROOT / "tests").glob("test_*.py")):
+        names |= set(_test_functions(module))
+    return names
+
+
+@pytest.mark.parametrize(
+    "page", [*_pages(), PROOFS / "README.md"], ids=lambda p: p.name
+)
 def test_every_proof_page_names_existing_tests(page: Path) -> None:
-    node_ids = NODE_ID.findall(page.read_text(encoding="utf-8"))
-    assert node_ids, f"{page.relative_to(REPO_ROOT)}: names no test node id"
-    for path, name in node_ids:
-        module = REPO_ROOT / path
-        assert module.is_file(), f"{page.name}: {path} does not exist"
-        assert name in _test_functions(module), (
-            f"{page.name}: {path}::{name} is not a test function in {path}"
-        )
+    names = TEST_NAME.findall(page.read_text(encoding="utf-8"))
+    if page.name != "README.md":
+        assert names, f"{page.relative_to(REPO_ROOT)}: names no test function"
+    defined = _all_test_functions()
+    for name in names:
+        assert name in defined, f"{page.name}: {name} is not a test function in tests/"
 
 
 def test_every_reduction_test_names_an_existing_proof_page() -> None:

@@ -137,7 +137,8 @@ def plan_site() -> SitePlan:
     pages: dict[str, str] = {}
     docs_dir = REPO / "docs"
     for path in sorted(docs_dir.rglob("*.md")):
-        pages[str(path.relative_to(docs_dir))] = path.read_text()
+        if path.parent.name != "recipe_notes":  # shown inside the recipe pages
+            pages[str(path.relative_to(docs_dir))] = path.read_text()
     # Rows of the methods table link to the recipe files in the repository; on the
     # site they link to the recipe pages.
     pages["methods.md"] = re.sub(
@@ -161,7 +162,11 @@ def plan_site() -> SitePlan:
             for stem, text in proof_texts.items()
             if re.search(rf"\b{recipe.name}\b", text)
         )
-        pages[f"recipes/{recipe.name}.md"] = _recipe_page(recipe, row, header, involved)
+        page = _recipe_page(recipe, row, header, involved)
+        notes = docs_dir / "recipe_notes" / f"{recipe.name}.md"
+        if notes.is_file():
+            page += "\n" + notes.read_text()
+        pages[f"recipes/{recipe.name}.md"] = page
         recipe_nav.append({recipe.name: f"recipes/{recipe.name}.md"})
     api_nav = []
     optional = _optional_modules()

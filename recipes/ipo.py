@@ -22,9 +22,7 @@ def make_objective(
     beta: float = 0.1,  # TRL DPOConfig default (tau)
     weighter: AbstractTokenWeighter = MeanOverResponse(),  # TRL loss_type="ipo"
 ) -> Objective:
-    return Objective(
-        prior=ReferencePrior(), weighter=weighter, link=IPOLink(), beta=beta
-    )
+    return Objective(prior=ReferencePrior(), weighter=weighter, link=IPOLink(), beta=beta)
 
 
 objective = make_objective()

@@ -18,9 +18,7 @@ def make_objective(
     alpha_len: float = 0.05,  # SimPO paper's R-DPO grid: alpha in {0.05, 0.1, 0.5, 1.0}
 ) -> Objective:
     return Objective(
-        prior=ProductPrior(
-            base=ReferencePrior(), factors=(LengthPenalty(rate=alpha_len / beta),)
-        ),
+        prior=ProductPrior(base=ReferencePrior(), factors=(LengthPenalty(rate=alpha_len / beta),)),
         beta=beta,
     )
 

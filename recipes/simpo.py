@@ -1,23 +1,18 @@
 """SimPO (Meng, Xia, Chen, arXiv 2405.14734), Eq. 6.
 
-L = -log sigmoid(beta/|y_w| S_pi(y_w) - beta/|y_l| S_pi(y_l) - gamma), gamma = beta *
-gamma_beta_ratio, |y| counting the EOS; plus sft_weight * NLL(chosen) (off by
-default).
+L = -log sigmoid(beta/|y_w| S_pi(y_w) - beta/|y_l| S_pi(y_l) - gamma), gamma = beta * gamma_beta_ratio,
+|y| counting the EOS; plus sft_weight * NLL(chosen) (off by default).
 
-Prior: the geometric-mean prior zeta = pi_theta / pi_theta^(1/|y|), differentiable
-(class G: a detached prior gives |y|-times larger gradients). Weighter: sum.
-Margin: constant gamma (class M: no prior can carry it). Link: -log sigmoid, or
-``link=HingeLink()`` for SimPO's hinge variant. Term: chosen NLL (``sft``).
+Prior: the geometric-mean prior zeta = pi_theta / pi_theta^(1/|y|), differentiable (class G: a detached
+prior gives |y|-times larger gradients). Weighter: sum. Margin: constant gamma (class M: no prior can
+carry it). Link: -log sigmoid, or ``link=HingeLink()`` (SimPO's hinge). Term: chosen NLL (``sft``).
 """
 
 from mipo import Objective, Term, TrainConfig
-from mipo.primitives import (
-    AbstractLink,
-    ChosenNLL,
-    ConstantMargin,
-    GeometricMeanPrior,
-    LogSigmoidLink,
-)
+from mipo.primitives.link import AbstractLink, LogSigmoidLink
+from mipo.primitives.margin import ConstantMargin
+from mipo.primitives.prior import GeometricMeanPrior
+from mipo.primitives.terms import ChosenNLL
 
 
 def make_objective(
@@ -32,19 +27,16 @@ def make_objective(
         margin=ConstantMargin(gamma=beta * gamma_beta_ratio),
         link=link,
         beta=beta,
-        terms=(
-            Term(
-                name="sft", term=ChosenNLL(normalise="batch_tokens"), weight=sft_weight
-            ),
-        ),
+        terms=(Term(name="sft", term=ChosenNLL(normalise="batch_tokens"), weight=sft_weight),),
     )
 
 
 objective = make_objective()
+# training_configs/llama-3-8b-base-simpo.yaml: lr 6e-7, cosine, warmup 0.1, lengths 2048 / 1800
 train = TrainConfig(
-    learning_rate=6e-7,  # training_configs llama-3-8b-base-simpo.yaml
-    lr_schedule="cosine",  # all SimPO configs
-    warmup_ratio=0.1,  # all SimPO configs
-    max_length=2048,  # training_configs
-    max_prompt_length=1800,  # training_configs
+    learning_rate=6e-7,
+    lr_schedule="cosine",
+    warmup_ratio=0.1,
+    max_length=2048,
+    max_prompt_length=1800,
 )

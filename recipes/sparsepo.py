@@ -1,31 +1,20 @@
-"""SparsePO / MaPO (Christopoulou et al., arXiv 2410.05102).
+"""SparsePO / MaPO (Christopoulou et al., arXiv 2410.05102): TDPO1 with token masks.
 
-L = -log sigmoid(beta (u - d)) + l1_u ||m_u|| + l1_d ||m_d||, with
-u = sum_t m_u l_t(y_w) - sum_t m_u l_t(y_l) and
-d = -sum_t m_d KL_t(y_w) + sum_t m_d KL_t(y_l), KL_t = KL(pi_ref || pi_theta):
-TDPO1 with token masks (no alpha, no stop-gradient, as in the authors' code).
+L = -log sigmoid(beta (u - d)) + l1_u ||m_u|| + l1_d ||m_d||, u = sum_t m_u l_t(y_w) - sum_t m_u l_t(y_l),
+d = -sum_t m_d KL_t(y_w) + sum_t m_d KL_t(y_l), KL_t = KL(pi_ref || pi_theta); no alpha, no stop-gradient.
 
-Prior: token interpolation with m_u times exp(-sum_t m_d D_t) (class G).
-Link: -log sigmoid. Terms: L1 on each mask (off by default), times
-``masks.l1_share`` (1/2 for one common learned mask, as the authors do).
-``masks`` says where the masks come from: ``DataMasks()`` (data columns;
-``kl_mask="token_weights"`` for one common mask), ``ActivationMasks()`` ("mapo"),
-``LearnedMasks()`` ("sparse-common"), ``LearnedMasks(independent_masks=True)``
-("sparse-indp").
+Prior: token interpolation with m_u, times exp(-sum_t m_d D_t) (class G). Link: -log sigmoid. Terms: L1
+on each mask (off by default) times ``masks.l1_share`` (1/2 for one common learned mask, as the authors).
+``masks``: ``DataMasks()`` (data columns; ``kl_mask="token_weights"`` for one common mask),
+``ActivationMasks()`` (mapo), ``LearnedMasks()`` (sparse-common), ``LearnedMasks(independent_masks=True)``.
 """
 
 from typing import Literal
 
 from mipo import Objective, Term, TrainConfig
-from mipo.primitives import (
-    AbstractMaskSource,
-    DataMasks,
-    MaskL1,
-    MaskWeights,
-    ProductPrior,
-    SequentialKLPenalty,
-    TokenInterpolationPrior,
-)
+from mipo.primitives.masks import AbstractMaskSource, DataMasks, MaskWeights
+from mipo.primitives.prior import ProductPrior, SequentialKLPenalty, TokenInterpolationPrior
+from mipo.primitives.terms import MaskL1
 
 
 def make_objective(
@@ -36,28 +25,21 @@ def make_objective(
     kl_mask: Literal["kl_weights", "token_weights"] = "kl_weights",  # data masks
     masks: AbstractMaskSource = DataMasks(),  # mask_model / pref_optim of the authors
 ) -> Objective:
-    kl_weights = MaskWeights(source=masks, field=kl_mask)
-    kl = SequentialKLPenalty(kappa=1.0, direction="forward", weights=kl_weights)
-    reward = MaskWeights(source=masks, field="token_weights")
-    l1_u = MaskL1(field="token_weights")
+    kl = SequentialKLPenalty(kappa=1.0, weights=MaskWeights(source=masks, field=kl_mask))
+    reward = TokenInterpolationPrior(weights=MaskWeights(source=masks, field="token_weights"))
+    share = masks.l1_share
     return Objective(
-        prior=ProductPrior(base=TokenInterpolationPrior(weights=reward), factors=(kl,)),
+        prior=ProductPrior(base=reward, factors=(kl,)),
         beta=beta,
         terms=(
-            Term(name="l1_reward_mask", term=l1_u, weight=l1_reward * masks.l1_share),
             Term(
-                name="l1_kl_mask",
-                term=MaskL1(field=kl_mask),
-                weight=l1_kl * masks.l1_share,
+                name="l1_reward_mask", term=MaskL1(field="token_weights"), weight=l1_reward * share
             ),
+            Term(name="l1_kl_mask", term=MaskL1(field=kl_mask), weight=l1_kl * share),
         ),
     )
 
 
 objective = make_objective()
-train = TrainConfig(
-    learning_rate=5e-7,  # README, HH sparse rows
-    lr_schedule="cosine",  # config_po.yaml
-    warmup_ratio=0.1,  # config_po.yaml
-    epochs=3.0,  # README, HH rows
-)
+# README HH sparse rows (lr, epochs); config_po.yaml (schedule, warmup)
+train = TrainConfig(learning_rate=5e-7, lr_schedule="cosine", warmup_ratio=0.1, epochs=3.0)

@@ -28,12 +28,8 @@ def make_objective(
     alpha_tdpo: float = 0.5,  # config/loss/tdpo.yaml alpha (TDPO2); 1.0 for TDPO1
     detach_role: Literal["chosen", "rejected"] | None = "chosen",  # TDPO2; None: TDPO1
 ) -> Objective:
-    kl = SequentialKLPenalty(
-        kappa=alpha_tdpo, direction="forward", detach_role=detach_role
-    )
-    return Objective(
-        prior=ProductPrior(base=ReferencePrior(), factors=(kl,)), beta=beta
-    )
+    kl = SequentialKLPenalty(kappa=alpha_tdpo, direction="forward", detach_role=detach_role)
+    return Objective(prior=ProductPrior(base=ReferencePrior(), factors=(kl,)), beta=beta)
 
 
 objective = make_objective()

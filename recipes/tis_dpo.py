@@ -1,28 +1,20 @@
-"""TIS-DPO (Liu et al., ICLR 2025, arXiv 2410.04350): token-level importance
-sampling with per-token weights from the data.
+"""TIS-DPO (Liu et al., ICLR 2025, arXiv 2410.04350): token importance weights from the data.
 
-L = -log sigmoid(beta [sum_t w_t l_t(y_w) - sum_t w_t l_t(y_l)]
-                 - beta alpha_tis [K_w(y_w) - K_w(y_l)])
-with K_w(y) = sum_t w_t KL(pi_theta(.|s_t) || pi_ref(.|s_t)) (reverse KL, no
-stop-gradient); ``alpha_tis=0`` (default, the code's token_level=false) drops it.
+L = -log sigmoid(beta [sum_t w_t l_t(y_w) - sum_t w_t l_t(y_l)] - beta alpha_tis [K_w(y_w) - K_w(y_l)]),
+K_w(y) = sum_t w_t KL(pi_theta || pi_ref) at s_t (reverse KL, no stop-gradient); alpha_tis=0 (default,
+the code's token_level=false) drops it.
 
-Prior: the token-interpolation prior prod_t pi_theta^(1-w_t) pi_ref^(w_t)
-(class G), times exp(+alpha_tis K_w(y)) -- note the orientation is opposite to
-TDPO's. Weighter: sum. Link: -log sigmoid. Weights w = transform(scores) per
-response, from the dataset's weight columns (``python -m mipo.weights estimate``
-writes oriented raw scores: chosen log p+ - log p-, rejected sign-flipped).
-The default transform is the identity (columns are final weights); the authors'
-README trains with ``transform=RankTransform()`` (weights in [0.7, 1.3]) and
-gives the EOS weight 0 (``eos_weight=0.0``, methods.md 8.4).
+Prior: token interpolation prod_t pi_theta^(1-w_t) pi_ref^(w_t) (class G), times exp(+alpha_tis K_w(y)),
+the opposite orientation to TDPO's. Link: -log sigmoid. w = transform(scores) per response, from the
+weight columns ``python -m mipo.weights estimate`` writes (chosen log p+ - log p-, rejected flipped).
+Default transform: identity; the authors' README uses ``RankTransform()`` and EOS weight 0 (8.4).
 """
 
 from mipo import Objective, TrainConfig
-from mipo.primitives import (
+from mipo.primitives.prior import ProductPrior, SequentialKLPenalty, TokenInterpolationPrior
+from mipo.primitives.transforms import (
     AbstractWeightTransform,
     IdentityTransform,
-    ProductPrior,
-    SequentialKLPenalty,
-    TokenInterpolationPrior,
     TransformedWeights,
 )
 
@@ -36,20 +28,17 @@ def make_objective(
 ) -> Objective:
     weights = TransformedWeights(transform=transform, eos_weight=eos_weight)
     kl = SequentialKLPenalty(kappa=-alpha_tis, direction="reverse", weights=weights)
-    return Objective(
-        prior=ProductPrior(
-            base=TokenInterpolationPrior(weights=weights), factors=(kl,)
-        ),
-        beta=beta,
-    )
+    prior = ProductPrior(base=TokenInterpolationPrior(weights=weights), factors=(kl,))
+    return Objective(prior=prior, beta=beta)
 
 
 objective = make_objective()
+# TIS-DPO config.yaml: RMSprop, lr 5e-7, 150 warmup steps then constant, lengths 512 / 256
 train = TrainConfig(
-    learning_rate=5e-7,  # TIS-DPO config.yaml
-    optimizer="rmsprop",  # TIS-DPO config.yaml
-    warmup_steps=150,  # TIS-DPO config.yaml
+    learning_rate=5e-7,
+    optimizer="rmsprop",
+    warmup_steps=150,
     lr_schedule="constant",
-    max_length=512,  # TIS-DPO config.yaml
-    max_prompt_length=256,  # TIS-DPO config.yaml
+    max_length=512,
+    max_prompt_length=256,
 )

@@ -40,7 +40,7 @@ EXPECTED_RECIPES = frozenset(
         "tis_dpo",
     }
 )
-MAX_RECIPE_LINES = 60
+MAX_RECIPE_LINES = 40
 
 RECIPES = discover()
 RECIPE_IDS = [recipe.name for recipe in RECIPES]
@@ -120,7 +120,7 @@ def _code_lines(path: Path) -> int:
 
 
 def test_recipe_file_is_short_and_has_no_branches(recipe: Recipe) -> None:
-    """Recipes are declarative: < 60 non-blank non-comment lines, no ``if``
+    """Recipes are declarative: < 40 non-blank non-comment lines (style.md §5), no ``if``
     statement or conditional expression, no ``match``."""
     lines = _code_lines(recipe.path)
     assert lines < MAX_RECIPE_LINES, f"{recipe.path}: {lines} lines"

@@ -40,6 +40,17 @@ def test_every_primitive_is_in_the_api_reference() -> None:
     assert {m for modules in API_PAGES.values() for m in modules} <= rendered
 
 
+def test_recipe_notes_appear_on_their_recipe_pages() -> None:
+    """docs/recipe_notes/<recipe>.md (e.g. TI-DPO's paper-vs-code list) is part of
+    that recipe's page, not a page of its own."""
+    pages = plan_site().pages
+    notes = sorted((REPO / "docs" / "recipe_notes").glob("*.md"))
+    assert notes
+    for note in notes:
+        assert note.read_text() in pages[f"recipes/{note.stem}.md"]
+        assert not any(name.startswith("recipe_notes/") for name in pages)
+
+
 def test_guides_cover_the_issue_list() -> None:
     guides = {name for name in plan_site().pages if name.startswith("guides/")}
     for guide in ("data", "training", "pictures", "tis_dpo_weights", "new_primitive"):

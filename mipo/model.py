@@ -143,11 +143,15 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
 
 class AbstractReference(abc.ABC):
     """A reference model as the forward pass sees it: final hidden states and head,
-    never with gradient."""
+    never with gradient. Subclasses say how the reference forward runs."""
 
+    model: nn.Module
     calls: int = 0
 
     @abc.abstractmethod
+    def _reference_mode(self) -> contextlib.AbstractContextManager[None]:
+        """The context in which ``model`` computes the reference (no gradient)."""
+
     def hidden_states(
         self,
         input_ids: Tensor,
@@ -157,11 +161,17 @@ class AbstractReference(abc.ABC):
     ) -> Tensor:
         """Final hidden states ``[batch, length, hidden]`` (no gradient);
         ``position_ids`` with ``attention_mask=None`` for a packed row."""
+        self.calls += 1
+        with self._reference_mode():
+            return final_hidden_states(
+                self.model, input_ids, attention_mask, position_ids=position_ids
+            )
 
     @property
-    @abc.abstractmethod
     def head(self) -> nn.Module:
-        """The output embedding."""
+        """The output embedding (LoRA on "all-linear" leaves it alone, so an
+        adapter-off reference shares the base's)."""
+        return self.model.get_output_embeddings()
 
     def to(self, device: torch.device) -> "AbstractReference":  # noqa: ARG002
         """Move to ``device`` (no-op for references that share the policy)."""
@@ -175,22 +185,8 @@ class FrozenCopyReference(AbstractReference):
         self.model = model
         self.calls = 0
 
-    def hidden_states(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        *,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        self.calls += 1
-        with torch.no_grad():
-            return final_hidden_states(
-                self.model, input_ids, attention_mask, position_ids=position_ids
-            )
-
-    @property
-    def head(self) -> nn.Module:
-        return self.model.get_output_embeddings()
+    def _reference_mode(self) -> contextlib.AbstractContextManager[None]:
+        return torch.no_grad()
 
     def to(self, device: torch.device) -> "FrozenCopyReference":
         self.model.to(device)
@@ -205,27 +201,9 @@ class AdapterOffReference(AbstractReference):
         self.calls = 0
 
     @contextlib.contextmanager
-    def _off(self) -> Iterator[None]:
+    def _reference_mode(self) -> Iterator[None]:
         with torch.no_grad(), self.model.disable_adapter():
             yield
-
-    def hidden_states(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        *,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        self.calls += 1
-        with self._off():
-            return final_hidden_states(
-                self.model, input_ids, attention_mask, position_ids=position_ids
-            )
-
-    @property
-    def head(self) -> nn.Module:
-        # "all-linear" LoRA leaves the output layer alone, so the head is the base's.
-        return self.model.get_output_embeddings()
 
 
 def check_reference_kind(config: TrainConfig, needs: frozenset[Need]) -> None:

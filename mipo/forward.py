@@ -171,7 +171,7 @@ def build_pair_batch(
 
         # Chosen and rejected rows only: the anchor's weights are never read.
         pairs = rows[0] + rows[1]
-        scores = attribution_scores(policy, ids[:pairs], mask[:pairs])[:, 1:]
+        scores = attribution_scores(policy, ids[:pairs], mask[:pairs])
     needs_reference = bool(needs & REFERENCE_NEEDS)
     reference_hidden = reference_head = None
     if needs & MASK_NEEDS and mask_model is None:
@@ -278,9 +278,10 @@ def build_pair_batch(
                 )
         if scores is not None and index < 2:
             if Need.ATTRIBUTION_SCORES in needs:
-                fields["attribution_scores"] = scores[part].float()
+                fields["attribution_scores"] = scores[part, 1:].float()
             if Need.SEQUENCE_MASK in needs:
                 fields["sequence_mask"] = sequence_mask[part]
+                fields["first_token_attribution"] = scores[part, 0].float()
         sides.append(Side(**fields))
     weights = tensors.example_weights
     return PairBatch(

@@ -41,6 +41,9 @@ class Need(enum.Enum):
     LEARNED_PRIOR = "learned_prior"
     """A prior model the trainer fits to policy samples (the Blahut–Arimoto prior
     step) and whose detached log-probs it writes into ``prior_logps``."""
+    LOG_COLLISION = "log_collision"
+    """log sum_v pi_theta(v | s_t)^2, the log collision probability of the policy's
+    next-token distribution (WPO's weight alignment), detached."""
     ANCHOR = "anchor"
     """A policy-generated anchor response, as a third :class:`~mipo.batch.Side`."""
 

@@ -489,8 +489,6 @@ def _text_of(response: Text) -> str:
 
 
 def _check_responses(chosen: Text, rejected: Text, source: str, warn: Warn) -> None:
-    if chosen == rejected:
-        _identical(source)
     blank = [
         field
         for field, response in (("chosen", chosen), ("rejected", rejected))
@@ -503,6 +501,8 @@ def _check_responses(chosen: Text, rejected: Text, source: str, warn: Warn) -> N
             field="chosen",
             fix="a pair needs at least one response with text; fix or drop the row",
         )
+    if chosen == rejected:
+        _identical(source)
     for field in blank:
         warn(
             DataWarning.at(

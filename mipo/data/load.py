@@ -41,6 +41,7 @@ from mipo.data.errors import DataError, DataWarning
 from mipo.data.files import DATA_SUFFIXES, Row, file_rows
 from mipo.data.formats import record_from_row
 from mipo.data.records import PreferenceRecord
+from mipo.errors import split_location
 
 Source = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | Any
 """A spec string or path, a ``datasets`` object, or a list of dicts."""
@@ -217,7 +218,7 @@ def _rows(source: Source, label: str, hub: dict[str, Any]) -> Iterator[Row]:
         return file_rows(path, label, split=hub["split"])
     if (
         isinstance(source, os.PathLike)
-        or label.lower().endswith(DATA_SUFFIXES)
+        or label.partition("?")[0].lower().endswith(DATA_SUFFIXES)
         or label.startswith(_PATH_STARTS)
     ):
         raise DataError(
@@ -298,11 +299,20 @@ def _duplicates(records: Sequence[PreferenceRecord]) -> Iterator[DataWarning]:
             yield DataWarning.at(
                 "duplicate",
                 record.source,
-                f"the same pair (prompt, chosen and rejected) as {first[key]}",
+                "the same pair (prompt, chosen and rejected) as "
+                + _near(first[key], record.source),
                 fix="drop repeated pairs unless the repetition is meant as a weight",
             )
         else:
             first[key] = record.source
+
+
+def _near(source: str, here: str) -> str:
+    """``source``, shortened to ``line N`` when it is in the same file as ``here``."""
+    file, line, column = split_location(source)
+    if line is None or file != split_location(here)[0]:
+        return source
+    return f"line {line}" + ("" if column is None else f":{column}")
 
 
 def merge_warnings(notes: Sequence[DataWarning]) -> tuple[DataWarning, ...]:

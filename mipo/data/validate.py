@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from mipo.data.columns import OPTIONAL_COLUMNS, required_columns
+from mipo.data.columns import NEED_COLUMNS, OPTIONAL_COLUMNS, required_columns
 from mipo.data.errors import DataError, DataWarning
 from mipo.data.load import Source, _pair_key, read_dataset
 from mipo.data.records import PreferenceRecord
@@ -97,6 +97,11 @@ def check_required(records: Sequence[PreferenceRecord], columns: Iterable[str]) 
         ValueError: for a name that is not an optional column.
     """
     columns = tuple(dict.fromkeys(columns))
+    need_of = {
+        column: f"{need.value} comes from '{pair[0]}'/'{pair[1]}'"
+        for need, pair in NEED_COLUMNS.items()
+        for column in pair
+    }
     for column in columns:
         if column not in _ATTRIBUTE_OF:
             raise ValueError(
@@ -110,11 +115,12 @@ def check_required(records: Sequence[PreferenceRecord], columns: Iterable[str]) 
             raise DataError.at(
                 missing[0].source,
                 f"missing on {len(missing)} of {len(records)} rows, and the "
-                "objective reads it",
+                "objective reads it"
+                + (f" ({need_of[column]})" if column in need_of else ""),
                 field=column,
                 fix=f"add {together} to every row"
                 + (
-                    " (one number per response token; `mipo weights` writes them)"
+                    " (one number per response token; `python -m mipo.weights estimate` writes them)"
                     if "weight" != column
                     else ""
                 ),
@@ -133,7 +139,8 @@ def overlap_warning(
     return DataWarning.at(
         "eval-overlap",
         head.source,
-        f"this evaluation pair is also a training pair ({seen[_pair_key(head)]})",
+        f"this evaluation pair is also a training pair ({seen[_pair_key(head)]}), "
+        "so evaluation on it measures memorisation",
         fix="remove training pairs from the evaluation set",
         others=[r.source for r in shared[1:]],
     )

@@ -85,18 +85,20 @@ def required_columns(needs: Iterable[Need]) -> tuple[str, ...]:
 
 
 def missing_column_hint(need: Need) -> str:
-    """One sentence for a trainer that finds ``need`` unserved by the data.
+    """The message for a trainer that finds ``need`` unserved by the data; it
+    names the columns the loader really reads.
 
     >>> from mipo.needs import Need
-    >>> missing_column_hint(Need.TOKEN_WEIGHTS)
-    "the objective needs token_weights: add the columns 'chosen_weight' and 'rejected_weight' (a list of numbers per response token) to every row"
+    >>> print(missing_column_hint(Need.TOKEN_WEIGHTS))
+    the objective needs token_weights, but the data set has no such column: add 'chosen_weight' and 'rejected_weight' (one number per response token) to every row
     """
     if need not in NEED_COLUMNS:
         raise ValueError(f"missing_column_hint: {need} is not read from data columns")
     chosen, rejected = NEED_COLUMNS[need]
     return (
-        f"the objective needs {need.value}: add the columns '{chosen}' and "
-        f"'{rejected}' (a list of numbers per response token) to every row"
+        f"the objective needs {need.value}, but the data set has no such column: "
+        f"add '{chosen}' and '{rejected}' (one number per response token) to every "
+        "row"
     )
 
 

@@ -201,6 +201,22 @@ BAD = [
         line=3,
     ),
     Bad("plain-text", "t.json", b"hello world\n", "not JSON rows", line=1),
+    Bad(
+        "rows-wrapped-in-an-object",
+        "w.json",
+        json.dumps({"train": [OK, OK]}, indent=2).encode(),
+        "an object whose 'train' holds a list of objects",
+        line=1,
+    ),
+    Bad(
+        "csv-mapped-weight-not-list",
+        "m.csv",
+        b"prompt,chosen,rejected,w\np,a,b,heavy\n",
+        "must be a JSON list of numbers, got 'heavy'",
+        line=2,
+        field="chosen_weight",
+        kwargs={"column_map": {"w": "chosen_weight"}},
+    ),
     Bad("top-level-string", "s.json", b'\n"just a string"', "not JSON rows", line=2),
     Bad("too-deep", "d.json", b"[" * 100_000, "nested too deeply"),
     Bad(
@@ -1221,6 +1237,10 @@ def test_csv_and_tsv_read_text_cells_and_json_weight_cells(tmp_path: Path) -> No
     assert [r.prompt for r in records] == ["Hi, there", "multi\nline", "ok"]
     assert records[0].chosen_token_weights == (1.0, 0.5)
     assert [r.source for r in records] == [f"{csv_path}:{n}" for n in (2, 3, 5)]
+    mapped = tmp_path / "mapped.csv"
+    mapped.write_bytes(b'prompt,chosen,rejected,w\np,a,b,"[0.5, 2]"\n')
+    (record,) = load_records(str(mapped), column_map={"w": "chosen_weight"})
+    assert record.chosen_token_weights == (0.5, 2.0)
     tsv_path = tmp_path / "pairs.tsv"
     tsv_path.write_bytes(b"question\tresponse_j\tresponse_k\nq\ta, b\tc\n")
     (record,) = load_records(str(tsv_path))

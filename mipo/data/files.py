@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from mipo.data.columns import EXAMPLE_WEIGHT_COLUMN, WEIGHT_COLUMNS
+from mipo.data.cells import TextCells
 from mipo.data.errors import DataError
 
 Row = tuple[str, object]
@@ -274,10 +274,6 @@ def _concatenated_rows(text: str, label: str) -> Iterator[Row]:
     yield from found
 
 
-_CSV_NUMBER_COLUMNS = frozenset({EXAMPLE_WEIGHT_COLUMN})
-_CSV_LIST_COLUMNS = frozenset(WEIGHT_COLUMNS.values())
-
-
 def _csv_rows(text: str, label: str, delimiter: str) -> Iterator[Row]:
     limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -329,49 +325,10 @@ def _csv_rows(text: str, label: str, delimiter: str) -> Iterator[Row]:
                     f"{len(names)} columns",
                     fix="quote cells that contain the delimiter or line breaks",
                 )
-            rows.append(
-                (source, _typed_cells(dict(zip(names, cells, strict=True)), source))
-            )
+            rows.append((source, TextCells(zip(names, cells, strict=True))))
     finally:
         csv.field_size_limit(limit)
     yield from rows
-
-
-def _typed_cells(row: dict[str, str], source: str) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, cell in row.items():
-        if name in _CSV_LIST_COLUMNS or name in _CSV_NUMBER_COLUMNS:
-            out[name] = _csv_value(cell, name, source)
-        else:
-            out[name] = cell
-    return out
-
-
-def _csv_value(cell: str, name: str, source: str) -> object:
-    if not cell.strip():
-        return None
-    if name in _CSV_NUMBER_COLUMNS:
-        try:
-            return float(cell)
-        except ValueError:
-            raise DataError.at(
-                source,
-                f"must be a number, got {cell[:40]!r}",
-                field=name,
-                fix="write a number such as 0.5",
-            ) from None
-    try:
-        value = json.loads(cell)
-    except (json.JSONDecodeError, RecursionError):
-        value = None
-    if not isinstance(value, list):
-        raise DataError.at(
-            source,
-            f"must be a JSON list of numbers, got {cell[:40]!r}",
-            field=name,
-            fix='write it as "[1.0, 0.5]" (quoted, so its commas stay in the cell)',
-        )
-    return value
 
 
 def _parquet_rows(data: bytes, label: str) -> Iterator[Row]:

@@ -47,6 +47,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 
+from mipo.data.cells import TextCells, typed_cells
 from mipo.data.columns import EXAMPLE_WEIGHT_COLUMN, WEIGHT_COLUMNS
 from mipo.data.errors import DataError, DataWarning
 from mipo.data.records import Message, PreferenceRecord, Text
@@ -119,7 +120,10 @@ def record_from_row(
             f"expected an object (one row), got {_kind(row)}",
             fix=_FORMATS_HINT,
         )
+    text_cells = isinstance(row, TextCells)
     row = _renamed(row, column_map, source)
+    if text_cells:
+        row = typed_cells(row, source)
     if "conversations" in row:
         prompt, chosen, rejected = _sharegpt(row, source)
     elif "prompt" not in row and {"question", "response_j", "response_k"} <= row.keys():

@@ -28,7 +28,7 @@ Duplicated pairs and the row-level oddities of :mod:`mipo.data.formats` become
 import json
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
@@ -156,10 +156,7 @@ def read_dataset(
             )
         records = load_builtin(source)
     else:
-        records = [
-            record_from_row(row, source=where, column_map=column_map, warn=notes.append)
-            for where, row in _rows(source, label, hub)
-        ]
+        records = _records(_rows(source, label, hub), column_map, notes.append)
     if not records:
         raise DataError(
             "no preference pairs found",
@@ -172,6 +169,45 @@ def read_dataset(
         keep = sorted(random.Random(seed).sample(range(len(records)), max_examples))
         records = [records[i] for i in keep]
     return LoadedDataset(records=records, warnings=merge_warnings(notes), label=label)
+
+
+def _records(
+    rows: Iterator[Row],
+    column_map: Mapping[str, str] | None,
+    warn: Callable[[DataWarning], None],
+) -> list[PreferenceRecord]:
+    records = []
+    for number, (where, row) in enumerate(rows):
+        try:
+            records.append(
+                record_from_row(row, source=where, column_map=column_map, warn=warn)
+            )
+        except DataError:
+            if number == 0:
+                _not_a_container(where, row)
+            raise
+    return records
+
+
+def _not_a_container(source: str, row: object) -> None:
+    """Explain a first row that is an object wrapping the rows (``{"train": [...]}``)."""
+    if not isinstance(row, dict):
+        return
+    wrapped = sorted(
+        str(key)
+        for key, value in row.items()
+        if isinstance(value, list)
+        and value
+        and all(isinstance(v, dict) for v in value)
+        and not {"role", "content", "from", "value"} & value[0].keys()
+    )
+    if wrapped:
+        raise DataError.at(
+            source,
+            f"this row is an object whose {', '.join(map(repr, wrapped[:3]))} holds "
+            "a list of objects: the rows seem to be wrapped in it",
+            fix="put the rows in a top-level JSON array, or one object per line",
+        )
 
 
 def _label(source: Source) -> str:

@@ -274,22 +274,24 @@ def plan_site() -> SitePlan:
     proof_nav = [
         p for p in sorted(pages) if p.startswith("proofs/") and p != "proofs/index.md"
     ]
-    nav: list[object] = [
-        {"Home": "index.md"},
-        {"The objective": "objective.md"},
-        {"Methods": ["methods.md", *recipe_nav]},
-        {"Proofs": ["proofs/index.md", *proof_nav]},
-        {"Guides": guides},
-        {"API reference": api_nav},
-    ]
+    # Any other page of docs/ (docs/*.md, docs/<topic>/README.md) is listed
+    # under "More", so a new page needs no entry here.
     extra = sorted(
         p
         for p in pages
         if not p.startswith(("guides/", "proofs/", "recipes/", "api/"))
         and p not in ("index.md", "objective.md", "methods.md")
     )
-    if extra:
-        nav.append({"More": extra})
+    # The long lists (recipes, proofs) are folded sections under their index.
+    nav: list[object] = [
+        {"Home": "index.md"},
+        {"The objective": "objective.md"},
+        {"Methods": [{"Methods table": "methods.md"}, {"Recipes": recipe_nav}]},
+        {"Proofs": [{"Reductions": "proofs/index.md"}, {"All proofs": proof_nav}]},
+        {"Guides": guides},
+        *([{"More": extra}] if extra else []),
+        {"API reference": api_nav},
+    ]
     return SitePlan(pages=pages, nav=nav)
 
 
@@ -309,6 +311,8 @@ def _yaml(nav: list[object], indent: int = 0) -> str:
     return "\n".join(line for line in lines if line)
 
 
+# Not material's "offline" plugin: it adds a script from a CDN (a worker shim) so
+# that search runs from file://; here search needs --serve.
 CONFIG = """site_name: mipo
 site_description: Composable DPO-family objectives under one mutual-information loss
 docs_dir: src
@@ -333,6 +337,8 @@ extra_javascript:
   - {mathjax}/tex-mml-chtml.js
 extra_css:
   - stylesheets/mipo.css
+hooks:
+  - hooks.py
 plugins:
   - search
   - mkdocstrings:
@@ -377,6 +383,70 @@ STYLESHEET = """\
 .md-typeset table:not([class]) td { padding: 0.6em 0.9em; }
 .md-typeset table:not([class]) td:first-child code { white-space: nowrap; }
 """
+
+
+# Docstrings name objects the Sphinx way (:class:`Name`), which Markdown renders
+# as ":class:" then the code; on the site these become links to the API pages.
+SPHINX_ROLE = re.compile(
+    r":(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj):<code>(~?)\.?([\w.]+)</code>"
+)
+
+
+@functools.cache
+def _api_names() -> dict[str, str]:
+    """Short name -> full identifier, for the public classes and functions of
+    the modules the API pages render (names defined twice are left out)."""
+    found: dict[str, list[str]] = {}
+    for modules in _api_modules().values():
+        for module in modules:
+            for name, value in vars(importlib.import_module(module)).items():
+                if getattr(value, "__module__", None) == module and not name.startswith(
+                    "_"
+                ):
+                    found.setdefault(name, []).append(f"{module}.{name}")
+    return {name: ids[0] for name, ids in found.items() if len(set(ids)) == 1}
+
+
+def _identifier(target: str) -> str:
+    """The identifier mkdocstrings gives the object ``target`` names (a dotted
+    path, possibly through a re-export, or a short name); ``target`` itself when
+    it cannot be found."""
+    parts = target.split(".")
+    if parts[0] != "mipo":
+        head = _api_names().get(parts[0])
+        return target if head is None else _identifier(".".join([head, *parts[1:]]))
+    for split in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[split:]:
+                value = getattr(value, attribute)
+        except AttributeError:
+            return target
+        value = value.fget if isinstance(value, property) else value
+        if isinstance(value, ModuleType):
+            return value.__name__
+        module, name = (
+            getattr(value, "__module__", None),
+            getattr(value, "__qualname__", None),
+        )
+        return f"{module}.{name}" if module and name else target
+    return target
+
+
+def on_page_content(html: str, **_: object) -> str:
+    """mkdocs hook: Sphinx roles become cross-references, resolved by
+    mkdocs-autorefs (a name it cannot place stays plain code)."""
+
+    def replace(match: re.Match[str]) -> str:
+        short, target = match.group(1), match.group(2)
+        shown = target.rsplit(".", 1)[-1] if short else target
+        identifier = _identifier(target)
+        return f'<autoref identifier="{identifier}" optional><code>{shown}</code></autoref>'
+
+    return SPHINX_ROLE.sub(replace, html)
 
 
 def mathjax_source() -> Path:
@@ -426,6 +496,9 @@ def build_site(out: Path) -> Path:
     (source / "stylesheets" / "mipo.css").write_text(STYLESHEET)
     config = CONFIG.format(repo=REPO, nav=_yaml(plan.nav, 2), mathjax=MATHJAX_DIR)
     (out / "mkdocs.yml").write_text(config)
+    (out / "hooks.py").write_text(
+        "from mipo.site import on_page_content  # noqa: F401\n"
+    )
     subprocess.run(
         [
             sys.executable,

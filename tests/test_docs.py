@@ -60,7 +60,9 @@ LINK = re.compile(r"\[(\w+)\]\(\.\./([\w/]+\.py)\)")
 def _visible(cell: str) -> str:
     """The text a reader sees: link texts, no markup."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", cell)
-    return text.replace("&nbsp;", " ").replace("<br>", " ").replace("`", "")
+    for markup, shown in (("&nbsp;", " "), ("<br>", " "), ("<wbr>", ""), ("`", "")):
+        text = text.replace(markup, shown)
+    return text
 
 
 def test_methods_table_cells_are_short_class_names_linked_to_their_files() -> None:

@@ -155,6 +155,18 @@ def test_methods_table_links_to_the_api_reference(site: Path) -> None:
         assert f'id="{anchor}"' in (site / page).read_text(), (page, anchor)
 
 
+def test_docstring_roles_become_links(site: Path) -> None:
+    """:class:`Name` in a docstring reads as a link to Name's entry, not as
+    ":class:" followed by code."""
+    roles = re.compile(r":(class|func|meth|attr|mod|data):<code>")
+    for page in site.rglob("*.html"):
+        assert not roles.search(page.read_text()), page
+    priors = (site / "api" / "priors.html").read_text()
+    assert re.search(
+        r'href="#mipo\.primitives\.prior\.PriorTerms"[^>]*><code>PriorTerms<', priors
+    )
+
+
 def _get(url: str) -> tuple[int, str, bytes]:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
         return response.status, response.headers["Content-Type"], response.read()

@@ -58,7 +58,12 @@ class TrainConfig:
         swap_pairs: train on every pair with chosen and rejected exchanged (the
             reverse DPO model of TIS-DPO's third weight construction).
         eval_max_new_tokens: greedy tokens generated per prompt for the gold-reward
-            evaluation of data sets that carry a gold answer.
+            evaluation.
+        gold: the gold reward as ``module:function`` (a callable ``(prompt,
+            answer) -> float``); empty: the built-in task's own, and none for
+            other data sets. A run with a gold reward scores the greedy answers
+            to the held-out prompts before training, at every evaluation and at
+            the end, and reports the gain with its 95 % bootstrap interval.
     """
 
     model: str = "smollm2"
@@ -91,6 +96,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 16
     swap_pairs: bool = False
     padding_free: bool = False
+    gold: str = ""
 
     def __post_init__(self) -> None:
         positive = (

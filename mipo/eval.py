@@ -42,13 +42,17 @@ def evaluate_pairs(
     anchor_sampling: Any = None,
     mask_model: nn.Module | None = None,
     prior_model: nn.Module | None = None,
+    correct: list[float] | None = None,
 ) -> dict[str, float | int]:
-    """Implicit-reward accuracy, margin, loss and chosen KL(pi||ref) per token.
+    """Implicit-reward accuracy (with its 95 % bootstrap interval), margin, loss
+    and chosen KL(pi||ref) per token.
 
     Extra terms are left out: they never enter the rewards, and some are costly to
     evaluate (TI-DPO's triplet samples an anchor per pair). ``eval/loss`` is the
-    link loss only.
+    link loss only. ``correct``, when given, receives 1.0 or 0.0 per pair.
     """
+    from mipo.stats import bootstrap_mean, interval_fields
+
     objective = dataclasses.replace(objective, terms=())
     anchor_sampling = None
     needs = objective.needs
@@ -59,7 +63,8 @@ def evaluate_pairs(
     masks_training = mask_model is not None and mask_model.training
     if mask_model is not None:
         mask_model.eval()
-    totals = {"correct": 0.0, "margin": 0.0, "loss": 0.0, "pairs": 0}
+    totals = {"margin": 0.0, "loss": 0.0, "pairs": 0}
+    flags: list[float] = []
     kl_sum, kl_tokens = 0.0, 0.0
     grad = contextlib.nullcontext() if needs & ATTRIBUTION_NEEDS else torch.no_grad()
     try:
@@ -86,7 +91,7 @@ def evaluate_pairs(
                 )
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards
-                totals["correct"] += float((chosen > rejected).sum())
+                flags += (chosen > rejected).double().tolist()
                 totals["margin"] += float((chosen - rejected).sum())
                 totals["loss"] += float(out.per_pair.detach().sum())
                 totals["pairs"] += chosen.shape[0]
@@ -99,21 +104,17 @@ def evaluate_pairs(
         if mask_model is not None:
             mask_model.train(masks_training)
     pairs = max(totals["pairs"], 1)
+    if correct is not None:
+        correct += flags
     result = {
         "eval/pairs": totals["pairs"],
-        "eval/rewards/accuracies": totals["correct"] / pairs,
+        **interval_fields("eval/rewards/accuracies", bootstrap_mean(flags or [0.0])),
         "eval/rewards/margins": totals["margin"] / pairs,
         "eval/loss": totals["loss"] / pairs,
     }
     if wants_kl:
         result["eval/kl_reverse_per_token"] = kl_sum / max(kl_tokens, 1.0)
     return result
-
-
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(message["content"] for message in prompt)
 
 
 def gold_accuracy(
@@ -123,61 +124,40 @@ def gold_accuracy(
     *,
     device: torch.device,
     max_new_tokens: int,
-    batch_size: int = 16,
 ) -> float | None:
-    """Share of greedy answers with gold reward 1 over ``records`` that carry a
-    gold answer (``None`` when none does)."""
+    """Share of greedy answers with arithmetic gold reward 1 over ``records`` that
+    carry a gold answer (``None`` when none does)."""
     from mipo.data.builtin import gold_reward
+    from mipo.gold import gold_scores
 
     gold = [r for r in records if r.gold is not None]
     if not gold:
         return None
-    was_training = policy.training
-    policy.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    score = 0.0
-    try:
-        for start in range(0, len(gold), batch_size):
-            chunk = gold[start : start + batch_size]
-            texts = [
-                tokenizer.apply_chat_template(
-                    r.prompt, tokenize=False, add_generation_prompt=True
-                )
-                if isinstance(r.prompt, list)
-                else r.prompt
-                for r in chunk
-            ]
-            encoded = tokenizer(
-                texts, return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
-            with torch.no_grad():
-                generated = policy.generate(
-                    **encoded,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-            answers = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for record, answer in zip(chunk, answers, strict=True):
-                score += gold_reward(_prompt_text(record.prompt), answer)
-    finally:
-        tokenizer.padding_side = side
-        policy.train(was_training)
-    return score / len(gold)
+    scores = gold_scores(
+        policy,
+        tokenizer,
+        gold,
+        gold_reward,
+        device=device,
+        max_new_tokens=max_new_tokens,
+    )
+    return sum(scores) / len(scores)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m mipo.eval RUN_DIR``: evaluate the latest checkpoint of a run."""
     args = sys.argv[1:] if argv is None else argv
+    gold = ""
+    if len(args) == 3 and args[1] == "--gold":
+        args, gold = args[:1], args[2]
+    elif len(args) == 2 and args[1].startswith("--gold="):
+        args, gold = args[:1], args[1].removeprefix("--gold=")
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m mipo.eval RUN_DIR")
+        print("usage: python -m mipo.eval RUN_DIR [--gold module:function]")
         raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
     from mipo.train import evaluate_run
 
-    result = evaluate_run(args[0])
+    result = evaluate_run(args[0], gold=gold)
     for key, value in result.items():
         print(f"{key}: {value}")
 

@@ -38,8 +38,9 @@ from mipo.cli import (
 )
 from mipo.config import TrainConfig
 from mipo.errors import NonFiniteLossError
-from mipo.eval import evaluate_pairs, gold_accuracy
+from mipo.eval import evaluate_pairs
 from mipo.forward import CausalLMBody, build_pair_batch, count_tokens
+from mipo.gold import gold_scores, resolve_gold
 from mipo.learned_prior import find_learned_prior, fit_prior_to_policy
 from mipo.masks import find_mask_source
 from mipo.model import load_models
@@ -54,6 +55,7 @@ from mipo.prepare import (
 )
 from mipo.recipes import Recipe, load_recipe
 from mipo.run import (
+    EvalScores,
     MetricsLog,
     latest_checkpoint,
     new_run_dir,
@@ -61,6 +63,8 @@ from mipo.run import (
     write_json,
     write_plots,
 )
+from mipo.stats import bootstrap_mean, interval_fields
+from mipo.summary import summary
 
 
 @final
@@ -169,6 +173,8 @@ def _resolve_run(
         raise FileNotFoundError(f"--resume {run_dir}: no config.json there")
     saved = json.loads(config_path.read_text())
     merged = {**saved["overrides"], **overrides}
+    if isinstance(recipe, Recipe):
+        return recipe, merged, run_dir
     return load_recipe(recipe or saved["recipe"]), merged, run_dir
 
 
@@ -213,6 +219,7 @@ def train(
     )
     device = accelerator.device
     data = load_run_data(config, tokenizer)
+    gold_reward = resolve_gold(config.dataset, config.gold)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     chunk_size = config.logps_chunk_size or None
     anchor_sampling = anchor_sampling_of(objective)
@@ -292,10 +299,31 @@ def train(
     )
     unwrapped = accelerator.unwrap_model(body).model
 
-    def run_eval() -> dict[str, Any]:
-        if not data.eval:
-            return {}
-        result = evaluate_pairs(
+    scores = EvalScores(run_dir) if main_process else None
+
+    def run_eval(at_step: int) -> dict[str, Any]:
+        result: dict[str, Any] = {"step": at_step}
+        if gold_reward is not None and main_process and data.eval_records:
+            gold = gold_scores(
+                unwrapped,
+                tokenizer,
+                data.eval_records,
+                gold_reward,
+                device=device,
+                max_new_tokens=config.eval_max_new_tokens,
+            )
+            scores.add("gold", at_step, gold)
+            result["eval/gold_prompts"] = len(gold)
+            result.update(interval_fields("eval/gold_reward", bootstrap_mean(gold)))
+            before = scores.get("gold", 0)
+            if before is not None and at_step > 0:
+                gains = [a - b for a, b in zip(gold, before, strict=True)]
+                result["eval/gold_reward_before"] = sum(before) / len(before)
+                result.update(interval_fields("eval/gold_gain", bootstrap_mean(gains)))
+        if not data.eval or at_step == 0:
+            return result
+        correct: list[float] = []
+        result |= evaluate_pairs(
             objective,
             unwrapped,
             reference,
@@ -308,20 +336,17 @@ def train(
             anchor_sampling=anchor_sampling,
             mask_model=mask_model,
             prior_model=prior_model,
+            correct=correct,
         )
+        if scores is not None:
+            scores.add("correct", at_step, correct)
         return result
 
-    gold_before = None
-    if checkpoint is None and main_process:
-        gold_before = gold_accuracy(
-            unwrapped,
-            tokenizer,
-            data.eval_records,
-            device=device,
-            max_new_tokens=config.eval_max_new_tokens,
-        )
-
     metrics_log = MetricsLog(run_dir) if main_process else None
+    if checkpoint is None and gold_reward is not None and data.eval_records:
+        before_record = run_eval(0)
+        if metrics_log is not None:
+            metrics_log.log(before_record)
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -334,7 +359,7 @@ def train(
     sums: dict[str, float] = {}
     count = 0
     tokens = 0
-    last_log_time = time.perf_counter()
+    last_log_time, last_log_step = time.perf_counter(), step
     last_record: dict[str, Any] = {}
     stop = total_steps if stop_after is None else min(stop_after, total_steps)
     accum = config.gradient_accumulation_steps
@@ -469,6 +494,7 @@ def train(
                         tokens,
                         time.perf_counter() - last_log_time,
                         step=step,
+                        steps=step - last_log_step,
                         epoch=step / steps_per_epoch,
                         learning_rate=learning_rate,
                         grad_norm=float(grad_norm),
@@ -485,11 +511,11 @@ def train(
                         }
                     )
                     sums, count, tokens = {}, 0, 0
-                    last_log_time = time.perf_counter()
+                    last_log_time, last_log_step = time.perf_counter(), step
                 if config.eval_steps and step % config.eval_steps == 0 and step < stop:
-                    eval_metrics = run_eval()
-                    if metrics_log is not None and eval_metrics:
-                        metrics_log.log({"step": step, **eval_metrics})
+                    eval_metrics = run_eval(step)
+                    if metrics_log is not None and len(eval_metrics) > 1:
+                        metrics_log.log(eval_metrics)
                 if config.save_steps and step % config.save_steps == 0:
                     checkpoint_now()
                     saved_at = step
@@ -513,26 +539,16 @@ def train(
         checkpoint_now()
     result_eval: dict[str, Any] = {}
     if step >= total_steps:
-        result_eval = run_eval()
+        result_eval = run_eval(step)
         if main_process:
-            gold_after = gold_accuracy(
-                unwrapped,
-                tokenizer,
-                data.eval_records,
-                device=device,
-                max_new_tokens=config.eval_max_new_tokens,
-            )
-            if gold_after is not None:
-                result_eval["eval/gold_accuracy_after"] = gold_after
-                if gold_before is not None:
-                    result_eval["eval/gold_accuracy_before"] = gold_before
-            result_eval["step"] = step
             write_json(run_dir / "eval.json", result_eval)
-            for key, value in result_eval.items():
-                print(f"{key}: {value}")
+            if metrics_log is not None:
+                metrics_log.log(result_eval)
     if metrics_log is not None:
         metrics_log.close()
         write_plots(run_dir)
+        if result_eval:
+            print(summary(recipe_obj.name, config, run_dir, result_eval))
         print(f"outputs: {run_dir}")
     reference_forwards = (
         0 if reference is None else reference.calls - reference_calls_before
@@ -634,6 +650,7 @@ def _log(
     seconds: float,
     *,
     step: int,
+    steps: int,
     epoch: float,
     learning_rate: float,
     grad_norm: float,
@@ -655,6 +672,8 @@ def _log(
     record["learning_rate"] = learning_rate
     record["grad_norm"] = grad_norm
     record["tokens_per_second"] = averaged[-1] / max(seconds, 1e-9)
+    record["num_tokens"] = int(averaged[-1])
+    record["step_seconds"] = seconds / max(steps, 1)
     record["peak_memory_mb"] = _peak_memory_mb(device)
     return record
 
@@ -689,13 +708,19 @@ def _reference_cache(
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
     """Re-run the evaluation of a saved run on its latest checkpoint; writes
-    ``eval.json`` there."""
+    ``eval.json`` there.
+
+    Args:
+        run_dir: the run directory.
+        gold: a ``module:function`` gold reward (default: the run's own).
+    """
     run_dir = Path(run_dir)
     saved = json.loads((run_dir / "config.json").read_text())
     recipe = load_recipe(saved["recipe"])
     config, _, objective = resolve(recipe, saved["overrides"])
+    gold_reward = resolve_gold(config.dataset, gold or config.gold)
     checkpoint = latest_checkpoint(run_dir)
     policy, reference, tokenizer, model_path = load_models(
         config, objective.needs, checkpoint=checkpoint
@@ -736,15 +761,17 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
                 find_learned_prior(objective), policy, device, checkpoint
             ),
         )
-    gold = gold_accuracy(
-        policy,
-        tokenizer,
-        data.eval_records,
-        device=device,
-        max_new_tokens=config.eval_max_new_tokens,
-    )
-    if gold is not None:
-        result["eval/gold_accuracy_after"] = gold
+    if gold_reward is not None and data.eval_records:
+        after = gold_scores(
+            policy,
+            tokenizer,
+            data.eval_records,
+            gold_reward,
+            device=device,
+            max_new_tokens=config.eval_max_new_tokens,
+        )
+        result["eval/gold_prompts"] = len(after)
+        result.update(interval_fields("eval/gold_reward", bootstrap_mean(after)))
     result["checkpoint"] = checkpoint.name
     write_json(run_dir / "eval.json", result)
     return result

@@ -54,7 +54,6 @@ def test_gold_accuracy_scores_greedy_answers() -> None:
         records,
         device=torch.device("cpu"),
         max_new_tokens=6,
-        batch_size=2,
     )
     assert accuracy == pytest.approx(3 / 5)
     assert policy.training  # restored
@@ -108,7 +107,7 @@ def test_eval_cli_reruns_a_saved_run(
         "eval/rewards/margins",
         "eval/loss",
         "eval/kl_reverse_per_token",
-        "eval/gold_accuracy_after",
+        "eval/gold_reward",
     ):
         assert again[key] == pytest.approx(saved[key], rel=1e-5, abs=1e-6), key
         assert key in out

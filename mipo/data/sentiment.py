@@ -88,7 +88,7 @@ SUBJECTS = (
 )  # fmt: skip
 """What the reviews are about."""
 
-_OPENINGS = {
+OPENINGS = {
     "positive": (
         "I tried {s} last week and was pleasantly surprised.",
         "My friends talked me into {s}, and I am glad they did.",
@@ -204,7 +204,7 @@ def sentiment_records(
     """
     if n <= 0:
         raise DataError(f"builtin:sentiment: n must be > 0, got {n}")
-    openings = [text for voice in sorted(_OPENINGS) for text in _OPENINGS[voice]]
+    openings = [text for voice in sorted(OPENINGS) for text in OPENINGS[voice]]
     combinations = [(s, o) for s in SUBJECTS for o in openings]
     if n > len(combinations):
         raise DataError(
@@ -235,6 +235,7 @@ __all__ = [
     "DEFAULT_SIZE",
     "NEGATIVE",
     "NEGATORS",
+    "OPENINGS",
     "POSITIVE",
     "SUBJECTS",
     "sentiment_records",

@@ -10,7 +10,7 @@ sampled first is a one-token response); a response that reaches
 References:
     Yang et al., arXiv 2505.19653 v3, Sec. 4.3 (the paper starts the anchor from
     $y_w$; the released code ``trainers.py`` at ``e04a0926`` samples it from the
-    prompt, which mipo follows; methods.md §11.3 (5), §11.7 item 5).
+    prompt, which mipo follows; ``docs/recipe_notes/ti_dpo.md``).
 """
 
 import math

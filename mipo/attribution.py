@@ -16,7 +16,7 @@ restored afterwards, also on an exception.
 References:
     Yang et al., "Token-Importance Guided Direct Preference Optimization", arXiv
     2505.19653 v3, Sec. 4.2, Eq. 5-6; released code ``gradient_attribution.py``
-    at ``e04a0926`` (methods.md §11.3 (1)).
+    at ``e04a0926`` (``docs/recipe_notes/ti_dpo.md``).
 """
 
 import contextlib
@@ -77,7 +77,7 @@ def attribution_scores(
         ValueError: when a row has no valid token.
 
     References:
-        arXiv 2505.19653 v3, Eq. 5-6; methods.md §11.3 (1).
+        arXiv 2505.19653 v3, Eq. 5-6; ``docs/recipe_notes/ti_dpo.md``.
     """
     last = last_valid_position(attention_mask)
     empty = (last < 0).nonzero().flatten().tolist()

@@ -1,4 +1,4 @@
-"""TI-DPO (Yang et al., arXiv 2505.19653 v3), Eq. 14, on the released code's TDPO2 base (methods.md 11).
+"""TI-DPO (Yang et al., arXiv 2505.19653 v3), Eq. 14, on the released code's TDPO2 base.
 
 Prior: reference x exp(-alpha_tdpo K), K the unweighted forward sequential KL, chosen KL detached. Weighter:
 gradient attribution + Gaussian position prior, mean 1 over the span, detached (Eq. 5-8). Link: -log sigmoid.

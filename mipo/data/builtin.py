@@ -1,9 +1,9 @@
 """``builtin:arithmetic``: a generated preference task with a programmatic gold reward.
 
 Why this task: the offline machines have no API judge and no reward model, so a
-win rate needs a reward that code can compute (``ecosystem.md`` Section 7.2, item
-4). Arithmetic correctness is such a reward, unambiguous and cheap; answers are a
-few tokens long, so a DPO step on CPU costs little; and there is room to improve.
+win rate needs a reward that code can compute. Arithmetic correctness is such a
+reward, unambiguous and cheap; answers are a few tokens long, so a DPO step on CPU
+costs little; and there is room to improve.
 Measured on 60 prompts (seed 123) with greedy decoding: SmolLM2-135M-Instruct
 restates the question ("44 + 21 = 65") instead of giving the number alone, so it
 scores 0/60 under :func:`gold_reward`; the number after its "=" is right in 12/60;

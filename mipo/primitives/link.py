@@ -3,7 +3,7 @@ r"""Links: the per-pair loss as a function of the logit $z$.
 $z = \beta[r(y_w) - r(y_l)] - m$ is already scaled; links that need $\beta$
 itself (IPO's target) receive it as a keyword. Only :class:`LogSigmoidLink`
 keeps the MI-DPO form; the others are what a prior cannot express
-(``objective.md`` §6).
+(``docs/objective.md#what-a-prior-cannot-express``).
 """
 
 import abc

@@ -4,8 +4,10 @@ These losses score the chosen and the rejected response against an absolute
 target rather than against each other, so they read $u_w = \beta\,r(y_w)$ and
 $u_l = \beta\,r(y_l)$ separately. With the reference prior and the sum weighter
 $r(y) = \log\pi_\theta(y|x) - \log\pi_{ref}(y|x)$, TRL's ``chosen_logratios``.
-No prior can turn them into the MI-DPO form: a per-side link is not a function
-of $u_w - u_l$ (``docs/objective.md`` §6; ``proofs/trl_losses_outside_mi.md``).
+No prior gives them the MI-DPO form: on a pair whose two responses are the same,
+every MI-DPO loss is a constant, and NCA, BCO, APO-down and SPPO are not; APO-zero
+breaks the swap identity instead (``proofs/trl_losses_outside_mi.md``;
+``docs/objective.md``, "What a prior cannot express").
 The margin slot does not enter them (:class:`APODownLink` excepted).
 """
 

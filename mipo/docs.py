@@ -26,7 +26,7 @@ from mipo.recipes import Recipe, discover
 REPO = Path(__file__).resolve().parent.parent
 METHODS_MD = REPO / "docs" / "methods.md"
 SLOTS = ("prior", "weighter", "margin", "link", "terms", "beta")
-COLUMNS = ("recipe", *SLOTS[:-1], "β", "paper")
+COLUMNS = ("recipe (paper)", *SLOTS[:-1], "β")
 _NBSP = "&nbsp;"
 _ARXIV = re.compile(r"arXiv[: ](\d{4}\.\d{4,5})")
 
@@ -38,9 +38,10 @@ INTRO = """\
 
 Every shipped recipe, one row each: the primitive classes that fill the slots of
 the MI-DPO objective ([the objective](objective.md)) at the recipe's defaults,
-with the primitives nested inside a primitive in brackets. A class name links to
-its reference; the recipe's page gives every field's value and the full
-citation. Terms read `Class × weight`; "(off)" marks a term at weight zero.
+with the primitives nested inside a primitive in brackets. Under each recipe's
+name is its paper on arXiv; a class name links to its reference; the recipe's
+page gives every field's value and the full citation. Terms read
+`Class × weight`; "(off)" marks a term at weight zero.
 """
 
 
@@ -59,7 +60,7 @@ def paper_links(recipe: Recipe) -> str:
     ids = list(dict.fromkeys(_ARXIV.findall(text)))
     if not ids:
         return paper(recipe)
-    return ", ".join(f"[{i}](https://arxiv.org/abs/{i})" for i in ids)
+    return ", ".join(f"[arXiv{_NBSP}{i}](https://arxiv.org/abs/{i})" for i in ids)
 
 
 def class_link(cls: type) -> str:
@@ -113,17 +114,17 @@ def terms_cell(objective: Objective, *, named: bool = False) -> str:
 
 
 def row(recipe: Recipe) -> tuple[str, ...]:
-    """The table cells of one recipe."""
+    """The table cells of one recipe: its name over its paper's arXiv links
+    (so the citation never scrolls out of sight), then one cell per slot."""
     objective = recipe.objective
     return (
-        f"[{recipe.name}](../recipes/{recipe.name}.py)",
+        f"**[{recipe.name}](../recipes/{recipe.name}.py)**<br>{paper_links(recipe)}",
         short(objective.prior),
         short(objective.weighter),
         short(objective.margin),
         short(objective.link),
         terms_cell(objective),
         f"{objective.beta:g}",
-        paper_links(recipe),
     )
 
 
@@ -158,7 +159,7 @@ def recipe_slots(recipe: Recipe) -> str:
     cells = row(recipe)
     rows = [(slot, cells[1 + i]) for i, slot in enumerate(SLOTS[:-2])]
     rows.append(("terms", terms_cell(objective, named=True)))
-    rows.append(("β", cells[-2]))
+    rows.append(("β", cells[-1]))
     rows.append(("paper", paper(recipe)))
     code = objective_code(objective)
     return (

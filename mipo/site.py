@@ -380,7 +380,7 @@ STYLESHEET = """\
    compact cells that wrap at spaces; a recipe's name stays on one line. */
 .md-typeset table:not([class]) td { vertical-align: top; }
 .md-typeset table:not([class]) th,
-.md-typeset table:not([class]) td { padding: 0.6em 0.9em; }
+.md-typeset table:not([class]) td { padding: 0.6em 0.75em; }
 .md-typeset table:not([class]) td:first-child code { white-space: nowrap; }
 """
 

@@ -5,8 +5,8 @@ Hand-worked tests build a :class:`~mipo.PairBatch` from Python lists with
 use :func:`random_batch` (seeded) or :func:`pair_batches` (Hypothesis), which
 fill exactly the fields a set of :class:`~mipo.Need` values asks for.
 
-Bounds follow ``style.md`` §8.1: log-probs in [-20, 0], at least one response
-token per row, batch <= 4, seq <= 8. Nothing here calls a mipo objective.
+Bounds (the project's rule for property tests): log-probs in [-20, 0], at least one
+response token per row, batch <= 4, seq <= 8. Nothing here calls a mipo objective.
 """
 
 import dataclasses

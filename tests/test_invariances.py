@@ -1,4 +1,4 @@
-r"""Metamorphic properties of every shipped objective (``style.md`` §8, layer 3).
+r"""Metamorphic properties of every shipped objective.
 
 Each property draws a recipe and a bounded batch carrying exactly that recipe's
 needs (``builders.pair_batches``), transforms the batch, and states what must

@@ -1,5 +1,5 @@
 r"""The learned prior $\zeta_\phi = \mathrm{softmax}(o^{ref} + \phi)$ and its
-Blahut–Arimoto prior step (``objective.md`` §7.2–7.5)."""
+Blahut–Arimoto prior step (``docs/objective.md#learning-a-prior``)."""
 
 import json
 import os
@@ -27,7 +27,8 @@ RECIPE = load_recipe("mi_dpo_learned_prior")
 def test_prior_step_recovers_the_empirical_marginal() -> None:
     """With flat reference logits the maximum-likelihood bias makes zeta the
     empirical token frequencies of the samples: the marginal p_pi (the
-    Blahut-Arimoto prior step, objective.md §3(d)). Oracle: counts / N."""
+    Blahut-Arimoto prior step, identity (d) of docs/objective.md).
+    Oracle: counts / N."""
     rng = np.random.default_rng(0)
     vocab = 6
     tokens = rng.choice(vocab, size=400, p=[0.4, 0.25, 0.15, 0.1, 0.07, 0.03])
@@ -67,7 +68,8 @@ def test_zero_bias_is_the_reference() -> None:
 
 
 def test_a_prior_with_gradient_is_refused() -> None:
-    """The degeneracy guard: J never trains the prior (objective.md §7.2)."""
+    """The degeneracy guard: J never trains the prior
+    (docs/objective.md#the-degeneracy)."""
     batch = random_batch({Need.PRIOR_LOGPS}, seed=0)
     live = batch.chosen.prior_logps.clone().requires_grad_(True)
     bad = type(batch)(

@@ -1,4 +1,4 @@
-"""The common battery over every shipped recipe (``style.md`` §8, layer 4).
+"""The common battery over every shipped recipe.
 
 Each recipe builds, has the module shape ``recipes.py`` promises, gives a finite
 scalar loss and finite gradients on a random batch, runs with every field it did
@@ -136,7 +136,7 @@ def _code_lines(path: Path) -> int:
 
 
 def test_recipe_file_is_short_and_has_no_branches(recipe: Recipe) -> None:
-    """Recipes are declarative: < 40 non-blank non-comment lines (style.md §5), no ``if``
+    """Recipes are declarative: < 40 non-blank non-comment lines, no ``if``
     statement or conditional expression, no ``match``."""
     lines = _code_lines(recipe.path)
     assert lines < MAX_RECIPE_LINES, f"{recipe.path}: {lines} lines"

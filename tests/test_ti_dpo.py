@@ -1,7 +1,7 @@
 """TI-DPO: the attribution-plus-prior token weights and the composed objective.
 
-Oracles are written here from methods.md §11.3 (2) and (4), per row in float64
-Python/NumPy, never by calling mipo.
+Oracles are written here from the released code (docs/recipe_notes/ti_dpo.md),
+per row in float64 Python/NumPy, never by calling mipo.
 """
 
 import math
@@ -357,7 +357,8 @@ def test_recipe_needs_are_exactly_what_ti_dpo_reads() -> None:
 
 
 def test_recipe_defaults_are_the_paper_values() -> None:
-    """Table B13 (methods.md §11.4); margin: the code default (none in the paper)."""
+    """Table B13 (docs/recipe_notes/ti_dpo.md); margin: the code default (none in
+    the paper)."""
     assert TI_DPO.factory_defaults() == {
         "beta": 0.1,
         "alpha_tdpo": 0.5,
@@ -425,7 +426,7 @@ def test_without_triplet_ti_dpo_is_weighted_tdpo2(
     batch: PairBatch, beta: float, alpha: float
 ) -> None:
     """gamma = 0: the released base, TDPO2 with attribution weights on the
-    log-ratios and an unweighted forward KL (methods.md §11.3 (4))."""
+    log-ratios and an unweighted forward KL (docs/recipe_notes/ti_dpo.md)."""
     objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=alpha, gamma=0.0)
     weights = tuple(
         batch_weights_oracle(getattr(batch, role), 0.7, 4.0, "response")

@@ -430,7 +430,8 @@ def train(
                     and in_group == 1
                     and step % prior_settings.prior_update_every == 0
                 ):
-                    # the Blahut-Arimoto prior step, outside J (objective.md §7.3)
+                    # the Blahut-Arimoto prior step, outside J
+                    # (docs/objective.md#the-prior-step-blahut-arimoto)
                     prior_metrics = fit_prior_to_policy(
                         prior_model,
                         prior_settings,

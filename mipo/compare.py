@@ -81,25 +81,22 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _run_summary(run_dir: Path) -> dict[str, Any]:
     """What one run contributes: eval points, per-prompt gold scores, speed."""
-    from mipo.run import read_metrics
+    from mipo.run import EvalScores, read_metrics
 
     records = read_metrics(run_dir)
     train_records = [r for r in records if "loss" in r]
     evals = [
         r for r in records if "eval/rewards/accuracies" in r or "eval/gold_reward" in r
     ]
-    gold = (
-        json.loads((run_dir / "gold_scores.json").read_text())
-        if (run_dir / "gold_scores.json").is_file()
-        else {}
-    )
+    scores = EvalScores(run_dir).data
     seconds = [r["step_seconds"] for r in train_records if "step_seconds" in r]
     speed = [r["tokens_per_second"] for r in train_records if "tokens_per_second" in r]
     return {
         "run_dir": str(run_dir),
         "train": [{k: r[k] for k in ("step", "loss") if k in r} for r in train_records],
         "evals": evals,
-        "gold_scores": gold,
+        "gold_scores": scores.get("gold", {}),
+        "correct": scores.get("correct", {}),
         "step_seconds": sum(seconds) / len(seconds) if seconds else None,
         "tokens_per_second": sum(speed) / len(speed) if speed else None,
         "final": json.loads((run_dir / "eval.json").read_text()),
@@ -144,7 +141,10 @@ def _method_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             [a - b for a, b in zip(r["gold_scores"][last_step], r["gold_scores"]["0"], strict=True)]
             for r in runs
         ])  # fmt: skip
-    accuracy = _pooled([r["final"].get("eval/rewards/correct", []) for r in runs])
+    last_eval = (
+        str(max(int(s) for s in runs[0]["correct"])) if runs[0]["correct"] else None
+    )
+    accuracy = _pooled([r["correct"][last_eval] for r in runs]) if last_eval else None
 
     def mean_of(key: str) -> dict[str, float] | None:
         return _spread([f[key] for f in finals if f.get(key) is not None])
@@ -246,7 +246,6 @@ def compare(
             "train.output_dir": str(out / "runs" / recipe.name / f"seed{seed}"),
             "train.eval_steps": every,
             "train.save_steps": every,
-            "train.eval_before": True,
         }
         bar.set_postfix_str(f"[{index}/{len(jobs)}] {recipe.name} seed {seed}")
         if progress:

@@ -511,7 +511,14 @@ def build_site(out: Path) -> Path:
             str(out / "mkdocs.yml"),
         ],
         check=True,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        # the hook file imports mipo.site, from this checkout
+        env={
+            **os.environ,
+            "NO_MKDOCS_2_WARNING": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        },
     )
     return out / "site"
 
@@ -542,10 +549,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="with --serve")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="mipo-site-"))
+    server = None
+    if args.serve:  # take the port first: a busy one fails before the build
+        try:
+            server = site_server(out / "site", args.port)
+        except OSError as error:
+            parser.exit(
+                1,
+                f"python -m mipo.site: --port {args.port}: cannot serve on "
+                f"127.0.0.1:{args.port} ({error.strerror}); choose another port\n",
+            )
     site = build_site(out)
     print(f"site built: {site}/index.html")
-    if args.serve:
-        with site_server(site, args.port) as server:
+    if server is not None:
+        with server:
             host, port = server.server_address[:2]
             print(f"serving http://{host}:{port}/ (Ctrl-C stops)", flush=True)
             try:

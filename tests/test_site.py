@@ -221,6 +221,26 @@ def test_serve_command_line(tmp_path: Path) -> None:
                 process.kill()
 
 
+def test_serve_on_a_busy_port_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A taken port stops ``--serve`` before the build, naming the option."""
+    import socket
+
+    from mipo.site import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", str(tmp_path / "b"), "--serve", "--port", str(port)])
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"--port {port}: cannot serve on 127.0.0.1:{port}" in line
+    assert not (tmp_path / "b").exists()
+
+
 def _browser() -> str | None:
     found = os.environ.get("MIPO_CHROMIUM") or next(
         (path for name in BROWSERS if (path := shutil.which(name))), None

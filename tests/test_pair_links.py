@@ -257,10 +257,15 @@ def test_odds_ratio_link_hand_worked_and_log_odds_accurate() -> None:
     objective = Objective(prior=UniformPrior(), link=OddsRatioLink(), beta=0.3)
     batch = pair(side([[p_w]]), side([[p_l]]))
     assert_close(objective(batch).per_pair, torch.tensor([expected], dtype=F64), **TOL)
-    tiny = torch.tensor([-1e-12, -50.0], dtype=F64)
-    assert_close(
-        log_odds(tiny), torch.tensor([-1e-12 - math.log(1e-12), -50.0], dtype=F64)
-    )
+    near = torch.tensor([-1e-5, -50.0], dtype=F64)
+    exact = [-1e-5 - math.log(-math.expm1(-1e-5)), -50.0 - math.log1p(-math.exp(-50.0))]
+    expected_near = torch.tensor(exact, dtype=F64)
+    assert_close(log_odds(near), expected_near)
+    # probability 1 is capped at mean log-prob -1e-6, in every dtype
+    for dtype in (torch.float32, F64):
+        capped = log_odds(torch.tensor([0.0, -1e-6], dtype=dtype))
+        assert_close(capped[0], capped[1])
+        assert abs(float(capped[0]) - 13.8155) < 1e-3
 
 
 @pytest.mark.parametrize(

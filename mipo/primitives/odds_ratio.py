@@ -27,6 +27,7 @@ from mipo.primitives.pair_link import AbstractPairLink, PairRewards
 from mipo.typing import PerPair
 
 _LOG_HALF = -0.6931471805599453
+_MAX_MEAN_LOGP = -1e-6
 
 
 def _log1mexp(values: PerPair) -> PerPair:
@@ -39,8 +40,13 @@ def _log1mexp(values: PerPair) -> PerPair:
 
 
 def log_odds(mean_logps: PerPair) -> PerPair:
-    r"""$\log\mathrm{odds} = \bar p - \log(1 - e^{\bar p})$ (needs $\bar p < 0$)."""
-    return mean_logps - _log1mexp(mean_logps)
+    r"""$\log\mathrm{odds} = \bar p - \log(1 - e^{\bar p})$.
+
+    $\bar p$ is capped at $-10^{-6}$ (every dtype alike): a response of
+    probability 1 ($\bar p = 0$, infinite odds) gets the log-odds 13.8 instead
+    of an infinite one (TRL's ``log1mexp`` gives inf, then NaN)."""
+    capped = torch.clamp(mean_logps, max=_MAX_MEAN_LOGP)
+    return capped - _log1mexp(capped)
 
 
 @final

@@ -35,10 +35,13 @@ class SortedLink(AbstractPairLink):
     - ``paired=False``: $z_{(i)} = \beta\,[\mathrm{sort}(r_w)_i - \mathrm{sort}(r_l)_i]$
       (TRL's ``aot_unpaired``).
 
-    The loss of row $i$ is ``link`` at $z_{(i)}$; TRL uses the label-smoothed
-    link (``LabelSmoothedLink(epsilon=label_smoothing)``). Sorting is ascending
-    over the micro-batch, so the loss depends on how pairs are batched; the
-    margin slot does not enter.
+    The loss at rank $i$ is ``link`` at $z_{(i)}$, booked to the pair whose
+    policy margin (paired) or chosen reward (unpaired) has rank $i$ (tied pairs
+    share their ranks' mean), so permuting the pairs permutes ``per_pair``; the
+    batch mean is TRL's. TRL uses the
+    label-smoothed link (``LabelSmoothedLink(epsilon=label_smoothing)``). Sorting
+    is ascending over the micro-batch, so the loss depends on how pairs are
+    batched; the margin slot does not enter.
 
     Args:
         link: the logit link on the sorted logits.
@@ -64,12 +67,25 @@ class SortedLink(AbstractPairLink):
     ) -> PerPair:
         if self.paired:
             policy_chosen, policy_rejected = rewards.policy_logps(batch)
-            policy = policy_chosen - policy_rejected
-            prior = policy - (rewards.chosen - rewards.rejected)
-            logits = beta * (_sorted(policy) - _sorted(prior))
+            anchor = policy_chosen - policy_rejected
+            other = anchor - (rewards.chosen - rewards.rejected)
         else:
-            logits = beta * (_sorted(rewards.chosen) - _sorted(rewards.rejected))
-        return self.link(logits, beta=beta)
+            anchor, other = rewards.chosen, rewards.rejected
+        ranked, order = torch.sort(anchor, dim=0, stable=True)
+        losses = _tie_mean(
+            ranked, self.link(beta * (ranked - _sorted(other)), beta=beta)
+        )
+        # row order[i] holds the anchor of rank i: it gets that rank's loss
+        return torch.zeros_like(losses).scatter(0, order, losses)
+
+
+def _tie_mean(ranked: PerPair, losses: PerPair) -> PerPair:
+    """Pairs whose anchors tie share their ranks' mean loss (no tie-break by
+    position, so permuting the pairs permutes the result exactly)."""
+    _, group = torch.unique_consecutive(ranked, return_inverse=True)
+    totals = torch.zeros_like(losses).scatter_add(0, group, losses)
+    counts = torch.zeros_like(losses).scatter_add(0, group, torch.ones_like(losses))
+    return (totals / counts.clamp(min=1.0))[group]
 
 
 __all__ = ["SortedLink"]

@@ -284,13 +284,40 @@ def compare(
     return result
 
 
+PAGE = "docs/which_method.md"
+"""The page ``--which-method`` rewrites (between its ``compare:`` markers)."""
+
+WHICH_METHOD_RECIPES = ("dpo", "rpo", "simpo", "tdpo", "otpo", "ti_dpo")
+"""The methods of the "Which method works here?" page (``--which-method``)."""
+
+WHICH_METHOD_BUDGET = {
+    "train.dataset": "builtin:sentiment?n=1200",
+    "train.max_examples": 0,
+    "train.eval_max_examples": 0,
+    "train.eval_max_new_tokens": 32,
+    "train.optimizer": "adamw",
+    "train.learning_rate": 5e-6,
+    "train.lr_schedule": "constant",
+    "train.warmup_steps": 3,
+    "train.max_steps": 16,
+    "train.batch_size": 8,
+    "train.max_length": 128,
+    "train.max_prompt_length": 96,
+}
+"""The shared budget of that page: 16 steps of 8 pairs, about 2 min a run on a
+2-core CPU for DPO."""
+
 USAGE = """usage: python -m mipo.compare RECIPE [RECIPE ...] [--seeds 0,1] [--evals 3]
        [--out DIR] [--gold module:function] [--title TEXT] [--train.KEY=VALUE ...]
+       python -m mipo.compare --which-method [--seeds 0,1] [--out DIR]
 
 Trains every RECIPE (a path or a shipped name) for every seed on the same
 --train.* budget, evaluates each at --evals points plus before training, and
 writes compare.json, compare.md, frontier.png and curves.png to --out
-(default: compare). Run it again to continue a killed compare."""
+(default: compare). Run it again to continue a killed compare.
+--which-method runs the comparison of docs/which_method.md (the recipes
+and budget of mipo.compare.WHICH_METHOD_*) and rewrites that page's
+results section and figures."""
 
 
 def parse_arguments(argv: list[str]) -> dict[str, Any]:
@@ -305,6 +332,9 @@ def parse_arguments(argv: list[str]) -> dict[str, Any]:
     values = {"--seeds", "--evals", "--out", "--gold", "--title"}
     items = iter(argv)
     for item in items:
+        if item == "--which-method":
+            options["which_method"] = True
+            continue
         key, sep, value = item.partition("=")
         if key.startswith("--train."):
             if not sep:
@@ -337,6 +367,15 @@ def parse_arguments(argv: list[str]) -> dict[str, Any]:
         options["evals"] = int(options["evals"])
     if "out" in options:
         options["out_dir"] = options.pop("out")
+    if options.pop("which_method", False):
+        if options["recipes"] or options["overrides"]:
+            raise OverrideError("--which-method takes no recipes and no --train.* keys")
+        options["recipes"] = list(WHICH_METHOD_RECIPES)
+        options["overrides"] = dict(WHICH_METHOD_BUDGET)
+        options.setdefault("evals", 2)
+        options.setdefault("out_dir", "build/which_method")
+        options.setdefault("title", "Which method works here?")
+        options["page"] = PAGE
     if not options["recipes"]:
         raise OverrideError("no recipe given\n" + USAGE)
     return options
@@ -352,7 +391,13 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         raise SystemExit(0 if args else 2)
     try:
-        result = compare(**parse_arguments(args))
+        options = parse_arguments(args)
+        page = options.pop("page", None)
+        result = compare(**options)
+        if page is not None:
+            from mipo.compare_report import update_page
+
+            print(f"page: {update_page(result, Path(page))}")
     except (OverrideError, GoldError, FileNotFoundError, ValueError) as error:
         print(f"mipo: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -35,6 +35,7 @@ from mipo.cli import (
     jsonable,
     parse_command_line,
     resolve,
+    with_preset,
 )
 from mipo.config import TrainConfig
 from mipo.errors import NonFiniteLossError
@@ -517,6 +518,7 @@ def train(
                     eval_metrics = run_eval(step)
                     if metrics_log is not None and len(eval_metrics) > 1:
                         metrics_log.log(eval_metrics)
+                    last_log_time = time.perf_counter()  # step times leave eval out
                 if config.save_steps and step % config.save_steps == 0:
                     checkpoint_now()
                     saved_at = step
@@ -787,7 +789,13 @@ def main(argv: list[str] | None = None) -> None:
             recipe = load_recipe(command.recipe) if command.recipe else None
             print(help_text(recipe))
             return
-        train(command.recipe, command.overrides, resume=command.resume)
+        overrides = command.overrides
+        if command.preset is not None:
+            recipe = load_recipe(command.recipe) if command.recipe else None
+            if recipe is None:
+                raise OverrideError("--preset needs a recipe")
+            overrides = with_preset(recipe, command.preset, overrides)
+        train(command.recipe, overrides, resume=command.resume)
     except (OverrideError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -367,6 +367,7 @@ def test_recipe_defaults_are_the_paper_values() -> None:
         "prior_sigma_div": 4.0,
         "span": "response",
         "alpha_triplet": 0.1,
+        "anchor_tokens": 64,
     }
     (term,) = TI_DPO.objective.terms
     assert (term.name, term.weight, term.term.margin) == ("triplet", 0.1, 0.1)

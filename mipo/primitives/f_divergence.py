@@ -14,8 +14,8 @@ $\log\zeta(y) = \log\pi_\theta(y) - g(r(y))$
 (``proofs/f_dpo_to_policy_dependent_prior.md``).
 
 References:
-    Wang et al., "Beyond Reverse KL" (f-DPO), arXiv 2309.16240, Theorem 1 and
-    Table 1; TRL ``f_divergence_type`` / ``f_alpha_divergence_coef``.
+    Wang et al., "Beyond Reverse KL" (f-DPO), arXiv 2309.16240: the f-DPO loss
+    and its table of $f'$; TRL ``f_divergence_type`` / ``f_alpha_divergence_coef``.
 """
 
 import abc

@@ -30,8 +30,8 @@ during the steps. ``--bf16`` runs every variant's forward under
 ``torch.autocast(device, bfloat16)`` (the same for all). ``--json PATH`` writes
 the results.
 
-The model is SmolLM2-135M-Instruct when ``mipo.assets.smollm2_dir()`` finds it
-cached, else a randomly initialised model of the same architecture (LlamaConfig
+The model is ``--model`` when given, else SmolLM2-135M-Instruct when it is
+already converted in mipo's cache, else a randomly initialised model of the same architecture (LlamaConfig
 with SmolLM2-135M's sizes): step time and memory depend on the shapes, not on
 the weights.
 
@@ -78,18 +78,20 @@ def smollm2_sized_config() -> Any:
     )
 
 
-def load_models(seed: int) -> tuple[Any, Any, str]:
+def load_models(seed: int, model: str | None = None) -> tuple[Any, Any, str]:
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     from mipo.assets import DIR_NAME, MARKER, cache_root
 
-    # Only an already converted SmolLM2 is used: the benchmark never downloads or
-    # converts (mipo.assets.smollm2_dir() may do both).
-    path = cache_root() / DIR_NAME
-    if (path / MARKER).is_file():
+    # Only an already converted SmolLM2 (or the --model folder) is used: the
+    # benchmark never downloads or converts (mipo.assets.smollm2_dir() may do both).
+    path = Path(model) if model else cache_root() / DIR_NAME
+    if model or (path / MARKER).is_file():
         policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        source = f"SmolLM2-135M-Instruct from {path}"
+        source = f"model from {path}"
     else:
         torch.manual_seed(seed)
         policy = LlamaForCausalLM(smollm2_sized_config())
@@ -220,7 +222,7 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
 
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    policy, reference, source = load_models(args.seed)
+    policy, reference, source = load_models(args.seed, args.model)
     policy.to(args.device)
     reference.to(args.device)
     batch = make_batch(args, policy.config.vocab_size)
@@ -271,6 +273,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", help="a model folder (default: SmolLM2)")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()

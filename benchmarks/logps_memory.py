@@ -13,9 +13,11 @@ states are random ``[2 * pairs, T, 576]`` tensors and the head a random
 ``Linear(576, 49152)`` (SmolLM2-135M's hidden size and vocabulary), one for the
 policy and one for the reference.
 
-The peak includes the gradient of the policy hidden states (``[2 * pairs, T,
-576]``, what the loss head hands the trunk, which any loss needs); the table
-prints it and the peak without it, the loss head's own working memory.
+The table also prints the size of the gradient of the policy hidden states
+(``[2 * pairs, T, 576]`` float32), what the loss head hands the trunk and any
+loss needs; it is part of the peak only when the peak falls in the backward
+pass (for the chunked path the peak is in the forward pass: a few
+``[chunk, vocab]`` float32 buffers).
 ``--against REV`` also measures the chunked path of ``mipo/logps.py`` at git
 revision ``REV`` (loaded from ``git show``), side by side in the same process.
 On a CUDA device (``--device cuda``) the peak is ``torch.cuda.max_memory_allocated``.
@@ -190,8 +192,7 @@ def main() -> None:
     )
     print(header)
     against = logps_at(args.against) if args.against else None
-    columns = ["T", "hidden grad (MiB)", "chunked peak (MiB)", "without grad (MiB)"]
-    columns += ["chunked s"]
+    columns = ["T", "hidden grad (MiB)", "chunked peak (MiB)", "chunked s"]
     if against is not None:
         columns += [f"{args.against} peak (MiB)", f"{args.against} s"]
     columns += ["eager peak (MiB)", "eager s", "eager / chunked"]
@@ -221,7 +222,6 @@ def main() -> None:
             f"{length}",
             f"{grad / MIB:,.0f}",
             f"{chunked / MIB:,.0f}",
-            f"{(chunked - grad) / MIB:,.0f}",
             f"{chunked_s:.2f}",
         ]
         if against is not None:

@@ -1,9 +1,9 @@
 """TI-DPO (Yang et al., arXiv 2505.19653 v3), Eq. 14, on the released code's TDPO2 base.
 
 Prior: reference x exp(-alpha_tdpo K), K the forward sequential KL, chosen KL detached. Weighter: gradient
-attribution + Gaussian position prior, mean 1 over the span, detached (Eq. 5-8). Term: log-ratio triplet on
-an anchor the policy samples (Eq. 13). Defaults: Table B13; `train`: the CPU main job (docs/which_method.md);
-authors' settings: --preset released | paper (docs/recipe_notes/ti_dpo.md)."""
+attribution + Gaussian position prior, mean 1 over the span, detached (Eq. 5-8). Term: log-ratio triplet on an
+anchor the policy samples (Eq. 13). Defaults: Table B13; `train`: the CPU main job (docs/which_method.md);
+--preset released | paper: the authors' (docs/recipe_notes/ti_dpo.md)."""
 
 from typing import Literal
 
@@ -22,15 +22,17 @@ def make_objective(
     span: Literal["response", "sequence"] = "response",  # paper; code: "sequence"
     alpha_triplet: float = 0.1,  # not in the paper; code default (tidpo.yaml: 0.001)
     anchor_tokens: int = 64,  # trainers.py: min(64, max_length - longest prompt)
+    nll: float = 0.0,  # chosen NLL per token, as in RPO (not in TI-DPO)
 ) -> Objective:
     kl = p.SequentialKLPenalty(kappa=alpha_tdpo, direction="forward", detach_role="chosen")
-    anchor = AnchorSampling(max_new_tokens=anchor_tokens)
-    triplet = p.LogRatioTriplet(margin=alpha_triplet, sampling=anchor)
+    anchor = p.LogRatioTriplet(margin=alpha_triplet, sampling=AnchorSampling(max_new_tokens=anchor_tokens))  # fmt: skip
+    triplet = Term(name="triplet", term=anchor, weight=gamma)
+    sft = Term(name="sft", term=p.ChosenNLL(normalise="sequence_mean"), weight=nll)
     return Objective(
         prior=p.ProductPrior(base=p.ReferencePrior(), factors=(kl,)),
         weighter=p.GradientAttributionWeights(lam=lam, prior_sigma_div=prior_sigma_div, span=span),
         beta=beta,
-        terms=(Term(name="triplet", term=triplet, weight=gamma),),
+        terms=(triplet, sft),
     )
 
 

@@ -7,8 +7,8 @@ Variants (one subprocess each, so that peak RSS is per variant):
   mean, plus a reference forward under ``no_grad``.
 * ``trl``: ``DPOTrainer.compute_loss(model, inputs)`` (TRL's own fused-LM-head
   log-probs, sigmoid loss, its metrics) + backward.
-* ``mipo_eager``: :func:`mipo.logps.final_hidden_states` +
-  :func:`mipo.logps.token_stats` (``chunk_size=None``) + the ``dpo`` recipe's
+* ``mipo_eager``: :func:`mipo.training.logps.final_hidden_states` +
+  :func:`mipo.training.logps.token_stats` (``chunk_size=None``) + the ``dpo`` recipe's
   ``Objective`` + backward.
 * ``mipo_chunked``: the same with ``chunk_size`` (default 1024).
 
@@ -20,7 +20,7 @@ step time, its ratio to ``floor``, tokens/s (non-padding tokens of chosen +
 rejected per second), and peak RSS of the process (``ru_maxrss``), which
 includes the two models and Python/torch (printed separately as ``base``).
 
-The model is SmolLM2-135M-Instruct when ``mipo.assets.smollm2_dir()`` finds it
+The model is SmolLM2-135M-Instruct when ``mipo.training.assets.smollm2_dir()`` finds it
 cached, else a randomly initialised model of the same architecture (LlamaConfig
 with SmolLM2-135M's sizes): step time and memory depend on the shapes, not on
 the weights.
@@ -69,10 +69,10 @@ def smollm2_sized_config() -> Any:
 def load_models(seed: int) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from mipo.assets import DIR_NAME, MARKER, cache_root
+    from mipo.training.assets import DIR_NAME, MARKER, cache_root
 
     # Only an already converted SmolLM2 is used: the benchmark never downloads or
-    # converts (mipo.assets.smollm2_dir() may do both).
+    # converts (mipo.training.assets.smollm2_dir() may do both).
     path = cache_root() / DIR_NAME
     if (path / MARKER).is_file():
         policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -167,8 +167,8 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
 
         return step
     from mipo import PairBatch, Side
-    from mipo.logps import final_hidden_states, token_stats
-    from mipo.recipes import load_recipe
+    from mipo.training.logps import final_hidden_states, token_stats
+    from mipo.training.recipes import load_recipe
 
     objective = load_recipe("dpo").make_objective(beta=0.1)
     chunk_size = args.chunk_size if variant == "mipo_chunked" else None

@@ -80,7 +80,7 @@ def run_specs() -> dict[str, tuple[str, dict[str, Any], str]]:
     """name -> (recipe, extra overrides, mode); mode ``plain`` trains straight
     through, ``resume`` stops after 2 steps and resumes, ``builtin`` trains on
     ``builtin:arithmetic`` (gold-reward evaluation)."""
-    from mipo.recipes import discover
+    from mipo.training.recipes import discover
 
     specs: dict[str, tuple[str, dict[str, Any], str]] = {
         recipe.name: (recipe.name, {}, "plain") for recipe in discover()
@@ -152,7 +152,7 @@ def run_specs() -> dict[str, tuple[str, dict[str, Any], str]]:
 def _checkpoint_summary(run_dir: Path) -> dict[str, float]:
     from safetensors.torch import load_file
 
-    from mipo.run import latest_checkpoint
+    from mipo.training.run_dir import latest_checkpoint
 
     summary: dict[str, float] = {}
     checkpoint = latest_checkpoint(run_dir)
@@ -167,7 +167,7 @@ def _checkpoint_summary(run_dir: Path) -> dict[str, float]:
 
 def run_one(name: str, model: Path, data: Path, out: Path) -> dict[str, Any]:
     """Train the run ``name`` and return what the baseline records of it."""
-    from mipo.train import train
+    from mipo.training.trainer import train
 
     recipe, extra, mode = run_specs()[name]
     overrides = {**_base(model, data, out / name), **extra}

@@ -12,8 +12,8 @@ from tiny import tiny_llama
 from torch import nn
 from torch.testing import assert_close
 
-from mipo.anchor import AnchorSampling, generate_anchor
-from mipo.attribution import attribution_scores, last_valid_position
+from mipo.training.services.anchor import AnchorSampling, generate_anchor
+from mipo.training.services.attribution import attribution_scores, last_valid_position
 
 VOCAB = 97
 EOS = 2

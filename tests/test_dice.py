@@ -17,7 +17,7 @@ from tiny import build_tiny_model_dir, tiny_llama
 
 from mipo.data import PreferenceRecord, load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
-from mipo.dice import (
+from mipo.tools.dice import (
     DiceSettings,
     ScoredPrompt,
     build_pairs,
@@ -365,7 +365,7 @@ def test_cli_one_round_on_tiny_model(tmp_path: Path, capsys) -> None:
 
 
 def test_two_rounds_chain_policy_and_reference(tmp_path: Path) -> None:
-    from mipo.dice import run_dice
+    from mipo.tools.dice import run_dice
 
     policy = build_tiny_model_dir(tmp_path / "policy", 0)
     sft = build_tiny_model_dir(tmp_path / "sft", 1)

@@ -1,4 +1,4 @@
-"""Generated docs stay in sync with the recipes; :func:`mipo.describe.describe`
+"""Generated docs stay in sync with the recipes; :func:`mipo.tools.describe.describe`
 renders primitives compactly."""
 
 import re
@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from mipo import Objective, Term
-from mipo.describe import describe
-from mipo.docs import COLUMNS, METHODS_MD, main, methods_table
 from mipo.primitives import (
     ChosenNLL,
     ConstantMargin,
@@ -17,7 +15,9 @@ from mipo.primitives import (
     ReferencePrior,
     SequentialKLPenalty,
 )
-from mipo.recipes import discover
+from mipo.tools.describe import describe
+from mipo.tools.docs import COLUMNS, METHODS_MD, main, methods_table
+from mipo.training.recipes import discover
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

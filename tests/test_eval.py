@@ -11,9 +11,9 @@ from torch import nn
 
 from mipo.data.builtin import arithmetic_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
-from mipo.eval import gold_accuracy
-from mipo.eval import main as eval_main
-from mipo.train import train
+from mipo.training.evaluate import gold_accuracy
+from mipo.training.evaluate import main as eval_main
+from mipo.training.trainer import train
 
 
 class ScriptedPolicy(nn.Module):

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from tiny import build_tiny_model_dir
 from torch.testing import assert_close
 
-from mipo.masks import LearnedMaskModel
-from mipo.train import MASK_MODEL_FILE, evaluate_run, train
+from mipo.training.services.masks import LearnedMaskModel
+from mipo.training.trainer import MASK_MODEL_FILE, evaluate_run, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -13,11 +13,12 @@ from mipo.data.collate import collate
 from mipo.data.load import load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
-from mipo.forward import build_pair_batch
-from mipo.model import FrozenCopyReference
 from mipo.needs import Need
-from mipo.recipes import load_recipe
 from mipo.train import train
+from mipo.training.batching import BatchBuilder
+from mipo.training.models import FrozenCopyReference
+from mipo.training.recipes import load_recipe
+from mipo.training.services import Models
 
 NEEDS = frozenset({Need.REFERENCE_LOGPS, Need.KL_FORWARD, Need.HIDDEN_STATES})
 
@@ -42,15 +43,11 @@ def test_packed_batch_equals_padded_batch_and_gradients() -> None:
     results = []
     for padding_free in (False, True):
         policy.zero_grad()
-        batch = build_pair_batch(
-            NEEDS | objective.needs,
-            policy,
-            reference,
-            tensors,
-            pad_token_id=2,
-            chunk_size=16,
-            padding_free=padding_free,
+        builder = BatchBuilder(
+            needs=NEEDS | objective.needs, chunk_size=16, padding_free=padding_free
         )
+        models = Models(policy=policy, reference=reference, pad_token_id=2)
+        batch = builder(models, tensors)
         objective(batch).loss.backward()
         grads = [p.grad.clone() for p in policy.parameters()]
         results.append((batch, grads))

@@ -12,14 +12,6 @@ from tiny import build_tiny_model_dir
 from torch.testing import assert_close
 
 from mipo import Objective
-from mipo.pictures import (
-    html_page,
-    main,
-    prior_weighters,
-    render_html,
-    render_png,
-    token_weights,
-)
 from mipo.primitives import (
     BatchTokenWeights,
     MeanOverResponse,
@@ -27,6 +19,14 @@ from mipo.primitives import (
     ReferencePrior,
     SequentialKLPenalty,
     TokenInterpolationPrior,
+)
+from mipo.tools.pictures import (
+    html_page,
+    main,
+    prior_weighters,
+    render_html,
+    render_png,
+    token_weights,
 )
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import mipo.primitives
-from mipo.recipes import discover
-from mipo.site import API_PAGES, REPO, build_site, plan_site
+from mipo.tools.site import API_PAGES, REPO, build_site, plan_site
+from mipo.training.recipes import discover
 
 
 def test_every_recipe_and_proof_has_a_page() -> None:

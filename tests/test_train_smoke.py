@@ -14,8 +14,8 @@ import torch
 from tiny import build_tiny_model_dir
 
 from mipo.errors import NonFiniteLossError
-from mipo.model import AdapterOffReference, FrozenCopyReference
-from mipo.train import TrainResult, train
+from mipo.training.models import AdapterOffReference, FrozenCopyReference
+from mipo.training.trainer import TrainResult, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

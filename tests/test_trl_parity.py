@@ -2,7 +2,7 @@
 
 TRL computes its per-token log-probs with its own fused LM head from the same
 tiny Llama and the same collated batch; mipo computes them with
-:func:`mipo.logps.final_hidden_states` + :func:`mipo.logps.token_stats` and runs
+:func:`mipo.training.logps.final_hidden_states` + :func:`mipo.training.logps.token_stats` and runs
 the ``dpo`` recipe. Skipped when ``trl`` is not installed (``pip install
 mipo[bench]``).
 """
@@ -21,8 +21,8 @@ from tiny import tiny_llama  # noqa: E402
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from mipo import PairBatch, Side  # noqa: E402
-from mipo.logps import final_hidden_states, token_stats  # noqa: E402
-from mipo.recipes import load_recipe  # noqa: E402
+from mipo.training.logps import final_hidden_states, token_stats  # noqa: E402
+from mipo.training.recipes import load_recipe  # noqa: E402
 
 WORDS = "the a cat dog sat ran on under mat log is was red blue big small".split()
 SPECIAL = ["<pad>", "<eos>", "<unk>"]

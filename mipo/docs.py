@@ -1,5 +1,6 @@
-"""``python -m mipo.docs``: kept at this path for the documented commands and imports; the
-code lives in :mod:`mipo.tools.docs` (``docs/architecture.md``)."""
+"""``python -m mipo.docs``: this path is kept for the documented commands and imports; the
+code lives in :mod:`mipo.tools.docs` (``docs/architecture.md``). Importing this module
+gives that module itself."""
 
 import sys
 

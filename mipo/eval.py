@@ -1,5 +1,6 @@
-"""``python -m mipo.eval RUN_DIR``: kept at this path for the documented commands and imports; the
-code lives in :mod:`mipo.training.evaluate` (``docs/architecture.md``)."""
+"""``python -m mipo.eval RUN_DIR``: this path is kept for the documented commands and imports; the
+code lives in :mod:`mipo.training.evaluate` (``docs/architecture.md``). Importing this module
+gives that module itself."""
 
 import sys
 

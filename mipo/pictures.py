@@ -1,5 +1,6 @@
-"""``python -m mipo.pictures RECIPE_OR_RUN ...``: kept at this path for the documented commands and imports; the
-code lives in :mod:`mipo.tools.pictures` (``docs/architecture.md``)."""
+"""``python -m mipo.pictures RECIPE_OR_RUN ...``: this path is kept for the documented commands and imports; the
+code lives in :mod:`mipo.tools.pictures` (``docs/architecture.md``). Importing this module
+gives that module itself."""
 
 import sys
 

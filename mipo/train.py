@@ -1,5 +1,6 @@
-"""the trainer: ``python -m mipo.train RECIPE.py``, ``mipo.train.train``: kept at this path for the documented commands and imports; the
-code lives in :mod:`mipo.training.trainer` (``docs/architecture.md``)."""
+"""``python -m mipo.train RECIPE.py`` and ``mipo.train.train``: this path is kept for the documented commands and imports; the
+code lives in :mod:`mipo.training.trainer` (``docs/architecture.md``). Importing this module
+gives that module itself."""
 
 import sys
 

@@ -19,7 +19,9 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     """The cached SmolLM2 tokenizer; skip when the asset was never converted."""
     path = cache_root() / DIR_NAME
     if not (path / MARKER).is_file():
-        pytest.skip(f"SmolLM2 not converted at {path} (run mipo.training.assets.smollm2_dir())")
+        pytest.skip(
+            f"SmolLM2 not converted at {path} (run mipo.training.assets.smollm2_dir())"
+        )
     return AutoTokenizer.from_pretrained(path)
 
 

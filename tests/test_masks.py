@@ -93,14 +93,18 @@ def setup() -> tuple:
 
 def _models(setup: tuple) -> Models:
     tokenizer, _, policy, reference = setup
-    return Models(policy=policy, reference=reference, pad_token_id=tokenizer.pad_token_id)
+    return Models(
+        policy=policy, reference=reference, pad_token_id=tokenizer.pad_token_id
+    )
 
 
 def _mask_model(setup: tuple, objective: Objective) -> torch.nn.Module:
     """The mask model the objective's mask service builds for the tiny policy."""
     services = build_services(
         objective.services,
-        ServiceSetup(config=TrainConfig(), models=_models(setup), device=torch.device("cpu")),
+        ServiceSetup(
+            config=TrainConfig(), models=_models(setup), device=torch.device("cpu")
+        ),
     )
     (service,) = services
     return service.module
@@ -111,7 +115,9 @@ def _batch(setup: tuple, objective: Objective, mask_model: torch.nn.Module):
     service's model."""
     services = build_services(
         objective.services,
-        ServiceSetup(config=TrainConfig(), models=_models(setup), device=torch.device("cpu")),
+        ServiceSetup(
+            config=TrainConfig(), models=_models(setup), device=torch.device("cpu")
+        ),
     )
     (service,) = services
     service.module = mask_model
@@ -246,7 +252,9 @@ def test_two_mask_sources_are_refused() -> None:
     with pytest.raises(CompositionError, match="two different services would fill"):
         Objective(
             prior=objective.prior,
-            weighter=SPARSEPO.make_objective(masks=ActivationMasks()).prior.base.weights,
+            weighter=SPARSEPO.make_objective(
+                masks=ActivationMasks()
+            ).prior.base.weights,
         )
 
 

@@ -81,3 +81,12 @@ def test_home_page_example_runs(tmp_path: Path) -> None:
     exec(compile(code, "docs/index.md", "exec"), namespace)  # noqa: S102
     result = namespace["result"]
     assert (result.run_dir / "metrics.jsonl").is_file()
+
+
+def test_the_architecture_page_is_in_the_navigation() -> None:
+    plan = plan_site()
+    assert {"Architecture": "architecture.md"} in plan.nav
+    page = plan.pages["architecture.md"]
+    assert "BatchBuilder" in page and "ServiceSpec" in page
+    guide = plan.pages["guides/new_primitive.md"]
+    assert "tests/test_openness.py" in guide and "class FrozenScorerService" in guide

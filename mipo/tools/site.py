@@ -191,6 +191,7 @@ def plan_site() -> SitePlan:
     nav: list[object] = [
         {"Home": "index.md"},
         {"The objective": "objective.md"},
+        {"Architecture": "architecture.md"},
         {"Methods": ["methods.md", *recipe_nav]},
         {"Proofs": ["proofs/index.md", *proof_nav]},
         {"Guides": guides},
@@ -200,7 +201,7 @@ def plan_site() -> SitePlan:
         p
         for p in pages
         if not p.startswith(("guides/", "proofs/", "recipes/", "api/"))
-        and p not in ("index.md", "objective.md", "methods.md")
+        and p not in ("index.md", "objective.md", "architecture.md", "methods.md")
     )
     if extra:
         nav.append({"More": extra})

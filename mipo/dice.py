@@ -1,12 +1,16 @@
 """``python -m mipo.dice RECIPE ...``: this path is kept for the documented commands and imports; the
-code lives in :mod:`mipo.tools.dice` (``docs/architecture.md``). Importing this module
-gives that module itself."""
+code lives in :mod:`mipo.tools.dice` (``docs/architecture.md``), and every name of
+that module is reachable here."""
 
-import sys
+from typing import Any
 
-from mipo.tools import dice as _module
+from mipo.tools import dice as _target
+from mipo.tools.dice import *  # noqa: F403
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_target, name)
+
 
 if __name__ == "__main__":
-    _module.main()
-else:
-    sys.modules[__name__] = _module
+    _target.main()

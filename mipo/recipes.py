@@ -1,9 +1,12 @@
 """``mipo.recipes.recipe_from``, ``load_recipe``, ``discover``: this path is kept for the documented commands and imports; the
-code lives in :mod:`mipo.training.recipes` (``docs/architecture.md``). Importing this module
-gives that module itself."""
+code lives in :mod:`mipo.training.recipes` (``docs/architecture.md``), and every name of
+that module is reachable here."""
 
-import sys
+from typing import Any
 
-from mipo.training import recipes as _module
+from mipo.training import recipes as _target
+from mipo.training.recipes import *  # noqa: F403
 
-sys.modules[__name__] = _module
+
+def __getattr__(name: str) -> Any:
+    return getattr(_target, name)

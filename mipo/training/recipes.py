@@ -147,8 +147,12 @@ def recipes_dir() -> Path:
     raise FileNotFoundError(f"no recipes directory beside {package}")
 
 
-def load_recipe(path_or_name: str | Path) -> Recipe:
-    """Import a recipe from a file path, or a shipped recipe by bare name."""
+def load_recipe(path_or_name: str | Path | Recipe) -> Recipe:
+    """Import a recipe from a file path, or a shipped recipe by bare name; a
+    :class:`Recipe` (one built with :func:`recipe_from`) is returned as is, so
+    every command that takes a recipe takes a composed one too."""
+    if isinstance(path_or_name, Recipe):
+        return path_or_name
     path = Path(path_or_name)
     if path.suffix != ".py":
         path = recipes_dir() / f"{path_or_name}.py"

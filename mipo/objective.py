@@ -30,7 +30,7 @@ from mipo.primitives.margin import AbstractMargin, NoMargin
 from mipo.primitives.prior import AbstractPrior, ReferencePrior
 from mipo.primitives.terms import AbstractTerm
 from mipo.primitives.weighter import AbstractTokenWeighter, SumOverResponse
-from mipo.services import ServiceSpec, check_services, collect_services
+from mipo.services import AbstractServiceSpec, check_services, collect_services
 from mipo.typing import PerPair, Scalar
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -109,6 +109,11 @@ class Objective:
         check_finite: raise :class:`~mipo.errors.NonFiniteLossError` when the loss
             is NaN or infinite, naming the part that is (one host sync per call).
 
+    The parts read batch fields (:attr:`needs`); some ask the trainer for a
+    model-side service that fills them (:attr:`services`, :mod:`mipo.services`).
+    Two parts asking for different services that fill the same field are
+    refused here, when the objective is built.
+
     Example:
         >>> import torch
         >>> from mipo import Objective, PairBatch, Side
@@ -169,7 +174,7 @@ class Objective:
         return frozenset().union(*(part.needs for part in self.parts))
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         """The model-side services the parts declare (:mod:`mipo.services`), each
         once; two that would fill the same field are refused at construction."""
         return collect_services(self.parts, self.needs)

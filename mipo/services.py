@@ -4,15 +4,15 @@ Some inputs of a loss are neither data columns nor a plain policy or reference
 forward: a response sampled from the policy (TI-DPO's anchor), gradient
 attribution scores, token masks from a small network over the reference's
 hidden states (SparsePO), a prior fitted to policy samples (MI-DPO's learned
-prior). A primitive asks for one by returning a :class:`ServiceSpec` from its
+prior). A primitive asks for one by returning a :class:`AbstractServiceSpec` from its
 ``services`` property; the trainer runs the matching service
 (:mod:`mipo.training.services`), which owns the modules, parameters, checkpoint
-state and hooks, and fills the batch fields the spec :attr:`~ServiceSpec.provides`.
+state and hooks, and fills the batch fields the spec :attr:`~AbstractServiceSpec.provides`.
 
 The objective collects the specs of every primitive reachable from its parts
 (:func:`collect_services`) and refuses, when it is built, two different specs
 that would fill the same field (:func:`check_services`). A spec is *active* when
-the objective's needs include the spec's :attr:`~ServiceSpec.needs`, so a part
+the objective's needs include the spec's :attr:`~AbstractServiceSpec.needs`, so a part
 switched off (a zero-weight term, a zero-strength KL factor) switches its
 services off too.
 
@@ -33,7 +33,7 @@ from mipo.errors import CompositionError
 from mipo.needs import NO_NEEDS, Need
 
 
-class ServiceSpec(abc.ABC):
+class AbstractServiceSpec(abc.ABC):
     """What a primitive asks the trainer to compute for it (hyperparameters only;
     equal specs are one service)."""
 
@@ -71,26 +71,26 @@ def primitives_in(value: object) -> list[object]:
 
 def collect_services(
     parts: Iterable[object], needs: frozenset[Need]
-) -> tuple[ServiceSpec, ...]:
+) -> tuple[AbstractServiceSpec, ...]:
     """The distinct active specs declared (``services`` property) by every
     primitive reachable from ``parts``, in the order they are found."""
-    specs: list[ServiceSpec] = []
+    specs: list[AbstractServiceSpec] = []
     for primitive in primitives_in(tuple(parts)):
         for spec in getattr(primitive, "services", ()):
-            if not isinstance(spec, ServiceSpec):
+            if not isinstance(spec, AbstractServiceSpec):
                 raise CompositionError(
                     f"{type(primitive).__name__}.services: {spec!r} is not a "
-                    f"mipo.services.ServiceSpec"
+                    f"mipo.services.AbstractServiceSpec"
                 )
             if spec.needs <= needs and spec not in specs:
                 specs.append(spec)
     return tuple(specs)
 
 
-def check_services(specs: Iterable[ServiceSpec]) -> None:
+def check_services(specs: Iterable[AbstractServiceSpec]) -> None:
     """Refuse two different specs that fill the same field (the reward mask from
     two mask models, two anchors sampled differently)."""
-    owner: dict[Need, ServiceSpec] = {}
+    owner: dict[Need, AbstractServiceSpec] = {}
     for spec in specs:
         for need in sorted(spec.provides, key=lambda n: n.value):
             other = owner.setdefault(need, spec)
@@ -103,7 +103,7 @@ def check_services(specs: Iterable[ServiceSpec]) -> None:
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class AnchorSampling(ServiceSpec):
+class AnchorSampling(AbstractServiceSpec):
     """How the anchor response is sampled from the policy (the released code's
     values; the paper gives none).
 
@@ -147,7 +147,7 @@ class AnchorSampling(ServiceSpec):
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class GradientAttribution(ServiceSpec):
+class GradientAttribution(AbstractServiceSpec):
     r"""The policy's gradient attribution of every input token,
     $I_i = \|\nabla_{e_i} \max_v z_{T,v}\|_1$ (TI-DPO, arXiv 2505.19653 v3,
     Eq. 5-6), for the chosen and the rejected rows."""
@@ -159,7 +159,7 @@ class GradientAttribution(ServiceSpec):
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ActivationMasking(ServiceSpec):
+class ActivationMasking(AbstractServiceSpec):
     """MaPO's masks from hooked reference activations (one mask for the reward
     and the KL, no parameters).
 
@@ -181,7 +181,7 @@ class ActivationMasking(ServiceSpec):
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class LearnedMasking(ServiceSpec):
+class LearnedMasking(AbstractServiceSpec):
     """SparsePO's trainable mask networks over the reference hidden states of
     every layer.
 
@@ -208,7 +208,7 @@ class LearnedMasking(ServiceSpec):
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class MarginalFit(ServiceSpec):
+class MarginalFit(AbstractServiceSpec):
     r"""A vocabulary bias $\phi$ on the reference logits, fitted by maximum
     likelihood to policy samples every ``update_every`` optimiser steps (the
     Blahut–Arimoto prior step); its detached log-probs fill ``prior_logps``.
@@ -239,7 +239,7 @@ class MarginalFit(ServiceSpec):
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ReferenceSync(ServiceSpec):
+class ReferenceSync(AbstractServiceSpec):
     r"""A reference that follows the policy (TR-DPO, Gorbatovski et al., arXiv
     2404.09656, "soft update"): every ``every`` optimiser steps,
     $\theta_{ref} \leftarrow \alpha\,\theta + (1 - \alpha)\,\theta_{ref}$, as
@@ -270,13 +270,13 @@ class ReferenceSync(ServiceSpec):
 
 
 __all__ = [
+    "AbstractServiceSpec",
     "ActivationMasking",
     "AnchorSampling",
     "GradientAttribution",
     "LearnedMasking",
     "MarginalFit",
     "ReferenceSync",
-    "ServiceSpec",
     "check_services",
     "collect_services",
     "primitives_in",

@@ -33,7 +33,7 @@ from torch.testing import assert_close
 
 from mipo import Need, Objective, Side, TrainConfig
 from mipo.primitives import AbstractSequenceWeighter, ReferencePrior
-from mipo.services import ServiceSpec
+from mipo.services import AbstractServiceSpec
 from mipo.training.logps import final_hidden_states, token_stats
 from mipo.training.services import Models, Service, ServiceSetup, Stacked
 from mipo.typing import TokenWeights
@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class FrozenScorer(ServiceSpec):
+class FrozenScorer(AbstractServiceSpec):
     """A second causal LM, frozen, that scores every response token.
 
     Args:
@@ -71,7 +71,7 @@ class ScorerWeights(AbstractSequenceWeighter):
         return frozenset({Need.TOKEN_WEIGHTS})
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return (self.scorer,)
 
     def weigh(self, side: Side) -> TokenWeights:

@@ -25,11 +25,11 @@ from mipo.primitives import (
     SequentialKLPenalty,
 )
 from mipo.services import (
+    AbstractServiceSpec,
     AnchorSampling,
     GradientAttribution,
     LearnedMasking,
     ReferenceSync,
-    ServiceSpec,
 )
 from mipo.train import train
 from mipo.training.services import Service, service_class
@@ -123,7 +123,7 @@ def test_every_spec_has_a_registered_service() -> None:
         service = service_class(spec)
         assert issubclass(service, Service) and service.spec_type is type(spec)
 
-    class Unserved(ServiceSpec):
+    class Unserved(AbstractServiceSpec):
         @property
         def provides(self) -> frozenset[Need]:
             return frozenset({Need.TOKEN_WEIGHTS})

@@ -87,6 +87,6 @@ def test_the_architecture_page_is_in_the_navigation() -> None:
     plan = plan_site()
     assert {"Architecture": "architecture.md"} in plan.nav
     page = plan.pages["architecture.md"]
-    assert "BatchBuilder" in page and "ServiceSpec" in page
+    assert "BatchBuilder" in page and "AbstractServiceSpec" in page
     guide = plan.pages["guides/new_primitive.md"]
     assert "tests/test_openness.py" in guide and "class FrozenScorerService" in guide

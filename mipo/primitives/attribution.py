@@ -32,7 +32,7 @@ from mipo.batch import Side
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import Need
 from mipo.primitives.weighter import AbstractSequenceWeighter
-from mipo.services import GradientAttribution, ServiceSpec
+from mipo.services import AbstractServiceSpec, GradientAttribution
 from mipo.typing import TokenWeights
 
 
@@ -99,7 +99,7 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
         return frozenset({Need.ATTRIBUTION_SCORES})
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return (GradientAttribution(),)
 
     def weigh(self, side: Side) -> TokenWeights:

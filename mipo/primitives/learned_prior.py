@@ -37,7 +37,7 @@ from mipo.batch import Side
 from mipo.errors import CompositionError
 from mipo.needs import Need
 from mipo.primitives.prior import AbstractSequencePrior, BatchPrior, PriorTerms
-from mipo.services import MarginalFit, ServiceSpec
+from mipo.services import AbstractServiceSpec, MarginalFit
 
 
 @final
@@ -80,7 +80,7 @@ class MarginalFitPrior(AbstractSequencePrior):
         return frozenset({Need.PRIOR_LOGPS, Need.LEARNED_PRIOR})
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return (
             MarginalFit(
                 update_every=self.prior_update_every,

@@ -31,7 +31,7 @@ from mipo.batch import Side
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import NO_NEEDS, Need
 from mipo.primitives.weighter import AbstractSequenceWeighter
-from mipo.services import ActivationMasking, LearnedMasking, ServiceSpec
+from mipo.services import AbstractServiceSpec, ActivationMasking, LearnedMasking
 from mipo.typing import TokenWeights
 
 ActivationGroup = Literal["mlp", "attn", "resid", "logits"]
@@ -48,7 +48,7 @@ class AbstractMaskSource(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         """The mask model the trainer runs; none when the masks are data columns."""
 
     @property
@@ -79,7 +79,7 @@ class DataMasks(AbstractMaskSource):
         return NO_NEEDS
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return ()
 
 
@@ -121,7 +121,7 @@ class ActivationMasks(AbstractMaskSource):
         return frozenset({Need.REFERENCE_ACTIVATIONS})
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return (ActivationMasking(groups=tuple(self.groups)),)
 
 
@@ -170,7 +170,7 @@ class LearnedMasks(AbstractMaskSource):
         return frozenset({Need.REFERENCE_HIDDEN_LAYERS})
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return (
             LearnedMasking(
                 independent=self.independent_masks,

@@ -31,7 +31,7 @@ from mipo.batch import PairBatch, Side
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import Need
 from mipo.primitives.terms import AbstractTerm
-from mipo.services import AnchorSampling, ServiceSpec
+from mipo.services import AbstractServiceSpec, AnchorSampling
 from mipo.typing import PerPair
 
 
@@ -69,7 +69,7 @@ class LogRatioTriplet(AbstractTerm):
         return frozenset({Need.ANCHOR, Need.REFERENCE_LOGPS})
 
     @property
-    def services(self) -> tuple[ServiceSpec, ...]:
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
         return (self.sampling,)
 
     def __call__(self, batch: PairBatch) -> PerPair:

@@ -20,7 +20,7 @@ import torch
 import mipo
 from mipo.needs import Need
 from mipo.objective import Objective
-from mipo.services import ReferenceSync, ServiceSpec
+from mipo.services import AbstractServiceSpec, ReferenceSync
 from mipo.training import checkpoint as checkpoints
 from mipo.training.batching import BatchBuilder, CausalLMBody, check_served
 from mipo.training.cli import OverrideError, jsonable, resolve
@@ -114,7 +114,7 @@ class SavedRun:
 
 def config_services(
     config: TrainConfig, objective: Objective
-) -> tuple[ServiceSpec, ...]:
+) -> tuple[AbstractServiceSpec, ...]:
     """The objective's service specs plus those the run's settings declare: the
     precomputed reference cache and the moving (TR-DPO) reference."""
     specs = list(objective.services)
@@ -129,7 +129,9 @@ def config_services(
     return tuple(specs)
 
 
-def check_run(config: TrainConfig, objective: Objective) -> tuple[ServiceSpec, ...]:
+def check_run(
+    config: TrainConfig, objective: Objective
+) -> tuple[AbstractServiceSpec, ...]:
     """Refuse, before any model is loaded, a run its settings cannot serve;
     returns its service specs."""
     specs = config_services(config, objective)

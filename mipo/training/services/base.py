@@ -1,6 +1,6 @@
 r"""The trainer side of a model-side service: one interface, one registry.
 
-A primitive declares what it needs computed as a :class:`~mipo.services.ServiceSpec`
+A primitive declares what it needs computed as a :class:`~mipo.services.AbstractServiceSpec`
 (hyperparameters only, part of the core). For each spec of a run the trainer
 builds the :class:`Service` registered for the spec's type. The service owns
 everything model-side about it:
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from mipo.needs import Need
-from mipo.services import ServiceSpec
+from mipo.services import AbstractServiceSpec
 from mipo.training.config import TrainConfig
 from mipo.training.logps import TokenStats
 
@@ -148,7 +148,7 @@ class ServiceSetup:
     training: bool = True
 
 
-_REGISTRY: dict[type[ServiceSpec], type["Service"]] = {}
+_REGISTRY: dict[type[AbstractServiceSpec], type["Service"]] = {}
 
 
 class Service:
@@ -168,26 +168,30 @@ class Service:
             autograd on around the batch build).
     """
 
-    spec_type: ClassVar[type[ServiceSpec]]
+    spec_type: ClassVar[type[AbstractServiceSpec]]
     checkpoint_file: ClassVar[str | None] = None
     description: ClassVar[str] = "service"
     supports_packing: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
 
-    def __init_subclass__(cls, spec: type[ServiceSpec] | None = None, **kwargs: Any):
+    def __init_subclass__(
+        cls, spec: type[AbstractServiceSpec] | None = None, **kwargs: Any
+    ):
         super().__init_subclass__(**kwargs)
         if spec is not None:
-            if not (isinstance(spec, type) and issubclass(spec, ServiceSpec)):
-                raise TypeError(f"{cls.__name__}: spec must be a ServiceSpec subclass")
+            if not (isinstance(spec, type) and issubclass(spec, AbstractServiceSpec)):
+                raise TypeError(
+                    f"{cls.__name__}: spec must be a AbstractServiceSpec subclass"
+                )
             cls.spec_type = spec
             _REGISTRY[spec] = cls
 
-    def __init__(self, spec: ServiceSpec, setup: ServiceSetup | None) -> None:  # noqa: ARG002
+    def __init__(self, spec: AbstractServiceSpec, setup: ServiceSetup | None) -> None:  # noqa: ARG002
         self.spec = spec
         self.module: nn.Module | None = None
 
     @classmethod
-    def check(cls, spec: ServiceSpec, config: TrainConfig) -> None:  # noqa: ARG003
+    def check(cls, spec: AbstractServiceSpec, config: TrainConfig) -> None:  # noqa: ARG003
         """Refuse, before any model is loaded, a run this service cannot serve."""
 
     # -- modules, parameters, checkpoint state -------------------------------
@@ -273,7 +277,7 @@ class Service:
         self.load_state_dict(load_file(str(path)))
 
 
-def service_class(spec: ServiceSpec) -> type[Service]:
+def service_class(spec: AbstractServiceSpec) -> type[Service]:
     """The service registered for ``spec``'s type (or for a base class of it)."""
     for kind in type(spec).__mro__:
         if kind in _REGISTRY:
@@ -285,14 +289,14 @@ def service_class(spec: ServiceSpec) -> type[Service]:
     )
 
 
-def check_specs(specs: Iterable[ServiceSpec], config: TrainConfig) -> None:
+def check_specs(specs: Iterable[AbstractServiceSpec], config: TrainConfig) -> None:
     """Every spec has a service, and each service accepts the run's settings."""
     for spec in specs:
         service_class(spec).check(spec, config)
 
 
 def build_services(
-    specs: Iterable[ServiceSpec], setup: ServiceSetup
+    specs: Iterable[AbstractServiceSpec], setup: ServiceSetup
 ) -> tuple[Service, ...]:
     """One service per spec, in order, restored from ``setup.checkpoint``."""
     services = []

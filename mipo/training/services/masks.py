@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from mipo.needs import Need
-from mipo.services import ActivationMasking, LearnedMasking, ServiceSpec
+from mipo.services import AbstractServiceSpec, ActivationMasking, LearnedMasking
 from mipo.training.services.base import Forward, Models, Service, ServiceSetup
 from mipo.typing import TokenMask, TokenValues, TokenWeights
 
@@ -342,7 +342,7 @@ class _MaskService(Service):
     checkpoint_file = MASK_MODEL_FILE
     supports_packing = False  # the hooks see packed rows, the masks want padded
 
-    def __init__(self, spec: ServiceSpec, setup: ServiceSetup) -> None:
+    def __init__(self, spec: AbstractServiceSpec, setup: ServiceSetup) -> None:
         super().__init__(spec, setup)
         self.module = self.build(setup.models.policy.config).to(setup.device)
         self.module.train()

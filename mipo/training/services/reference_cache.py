@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mipo.needs import Need
-from mipo.services import ServiceSpec
+from mipo.services import AbstractServiceSpec
 from mipo.training.config import TrainConfig
 from mipo.training.loaders import IndexedBatch, RunData, make_loader
 from mipo.training.logps import IGNORE_INDEX, final_hidden_states, token_stats
@@ -32,7 +32,7 @@ Cache = dict[int, tuple[Tensor, Tensor]]
 
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ReferenceCache(ServiceSpec):
+class ReferenceCache(AbstractServiceSpec):
     """Reference token log-probs read from the run's cache."""
 
     @property

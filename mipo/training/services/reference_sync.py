@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from mipo.services import ReferenceSync, ServiceSpec
+from mipo.services import AbstractServiceSpec, ReferenceSync
 from mipo.training.config import TrainConfig
 from mipo.training.services.base import Models, Service, ServiceSetup
 
@@ -52,7 +52,7 @@ class ReferenceSyncService(Service, spec=ReferenceSync):
         self.reference_model: nn.Module = reference.model
 
     @classmethod
-    def check(cls, spec: ServiceSpec, config: TrainConfig) -> None:  # noqa: ARG003
+    def check(cls, spec: AbstractServiceSpec, config: TrainConfig) -> None:  # noqa: ARG003
         if config.reference != "copy" or config.lora_rank > 0:
             raise ValueError(
                 f"TrainConfig.sync_ref_model: the reference must be a full copy of "

@@ -80,7 +80,7 @@ def run_specs() -> dict[str, tuple[str, dict[str, Any], str]]:
     """name -> (recipe, extra overrides, mode); mode ``plain`` trains straight
     through, ``resume`` stops after 2 steps and resumes, ``builtin`` trains on
     ``builtin:arithmetic`` (gold-reward evaluation)."""
-    from mipo.training.recipes import discover
+    from mipo.recipes import discover  # the stable public paths, before and after
 
     specs: dict[str, tuple[str, dict[str, Any], str]] = {
         recipe.name: (recipe.name, {}, "plain") for recipe in discover()
@@ -152,10 +152,9 @@ def run_specs() -> dict[str, tuple[str, dict[str, Any], str]]:
 def _checkpoint_summary(run_dir: Path) -> dict[str, float]:
     from safetensors.torch import load_file
 
-    from mipo.training.run_dir import latest_checkpoint
-
     summary: dict[str, float] = {}
-    checkpoint = latest_checkpoint(run_dir)
+    steps = [int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*")]
+    checkpoint = run_dir / f"checkpoint-{max(steps)}"
     for path in sorted(checkpoint.glob("*.safetensors")):
         tensors = load_file(str(path))
         l1 = sum(float(t.double().abs().sum()) for t in tensors.values())
@@ -167,7 +166,7 @@ def _checkpoint_summary(run_dir: Path) -> dict[str, float]:
 
 def run_one(name: str, model: Path, data: Path, out: Path) -> dict[str, Any]:
     """Train the run ``name`` and return what the baseline records of it."""
-    from mipo.training.trainer import train
+    from mipo.train import train
 
     recipe, extra, mode = run_specs()[name]
     overrides = {**_base(model, data, out / name), **extra}

@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, data = build_inputs(Path(tmp))
         for name in names:
-            results[name] = run_one(name, model, data, Path(tmp) / "runs")
+            try:
+                results[name] = run_one(name, model, data, Path(tmp) / "runs")
+            except Exception as error:  # a run that fails must fail the same way
+                results[name] = {"error": f"{type(error).__name__}: {error}"}
             report(f"{name}: done")
     if args.write:
         BASELINE.parent.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,11 @@ r"""The only module that imports POT (Python Optimal Transport): a typed adapter
 :class:`PotSinkhorn` solves each pair with
 ``ot.unbalanced.sinkhorn_unbalanced(a, b, C, reg=eps, reg_m=tau,
 method="sinkhorn_stabilized", reg_type="entropy")``, one pair at a time, as the
-OTPO authors do (Li et al., arXiv 2505.18720; code ``Mimasss2/OTPO``; methods.md
-§10.4). ``reg_type="entropy"`` is passed explicitly: POT 0.9.4 defaulted to it,
-POT >= 0.9.5 defaults to ``"kl"`` (regularising towards $a b^\top$), which on
-OTPO's zero-mass padded entries stops at iteration 0 with an unconverged plan
-(methods.md §10.5). With the explicit argument every POT version solves
+OTPO authors do (Li et al., arXiv 2505.18720; code ``Mimasss2/OTPO``; notes:
+``docs/recipe_notes/otpo.md``). ``reg_type="entropy"`` is passed explicitly: POT
+0.9.4 defaulted to it, POT >= 0.9.5 defaults to ``"kl"`` (regularising towards
+$a b^\top$), which on OTPO's zero-mass padded entries stops at iteration 0 with an
+unconverged plan. With the explicit argument every POT version solves
 
 $$ \min_{\Gamma\ge 0} \langle\Gamma, C\rangle + \varepsilon\sum_{ij}\Gamma_{ij}
    (\log\Gamma_{ij} - 1) + \tau_1\mathrm{KL}(\Gamma 1\|a)
@@ -52,7 +52,7 @@ class PotSinkhorn(AbstractTransportSolver):
         absorb_threshold: POT's stabilisation threshold ``tau`` (default 1e5;
             renamed so as not to clash with the marginal relaxation).
         reg_type: POT's ``reg_type``. ``"entropy"`` keeps POT 0.9.4 semantics;
-            ``"kl"`` exists only to demonstrate the version trap (methods.md §10.5).
+            ``"kl"`` exists only to demonstrate the version trap.
     """
 
     max_iter: int = 1000

@@ -38,6 +38,7 @@ _TOKEN_FLOAT_FIELDS = (
     "kl_weights",
     "attribution_scores",
     "prior_logps",
+    "log_collision",
 )
 
 
@@ -62,7 +63,12 @@ class Side:
         attribution_scores: per-token gradient-attribution scores (TI-DPO).
         sequence_mask: True on every non-padding position, prompt included
             (TI-DPO's "sequence" span).
+        first_token_attribution: ``[batch]``, the attribution score of each row's
+            first input token, which predicts nothing and so has no place on the
+            shifted axis; TI-DPO's "sequence" span counts it.
         prior_logps: log zeta(y_t | s_t) from a separately trained prior.
+        log_collision: log sum_v pi_theta(v | s_t)^2 over the full vocabulary,
+            detached (WPO's aligned weights).
     """
 
     policy_logps: TokenLogps
@@ -76,6 +82,8 @@ class Side:
     attribution_scores: TokenValues | None = None
     sequence_mask: TokenMask | None = None
     prior_logps: TokenLogps | None = None
+    log_collision: TokenValues | None = None
+    first_token_attribution: PerPair | None = None
 
     def __post_init__(self) -> None:
         validate_side(self, "side")
@@ -133,11 +141,28 @@ def validate_side(side: Side, name: str) -> None:
                 f"{name}.{field}: on {value.device}, but {name}.response_mask is on "
                 f"{mask.device}"
             )
+    first = side.first_token_attribution
+    _validate_per_row(first, mask, f"{name}.first_token_attribution")
     empty = (~mask.any(dim=-1)).nonzero().flatten().tolist()
     if empty:
         raise BatchError(
             f"{name}.response_mask: rows {empty} have no response token (every "
             f"response needs at least its EOS)"
+        )
+
+
+def _validate_per_row(value: object, mask: Tensor, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Tensor) or tuple(value.shape) != (mask.shape[0],):
+        raise BatchError(
+            f"{name}: expected shape ({mask.shape[0]},), one value per row, got "
+            f"{_describe(value)}"
+        )
+    if not value.is_floating_point() or value.device != mask.device:
+        raise BatchError(
+            f"{name}: expected a floating tensor on {mask.device}, got "
+            f"{value.dtype} on {value.device}"
         )
 
 

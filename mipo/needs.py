@@ -48,6 +48,9 @@ class Need(enum.Enum):
     LEARNED_PRIOR = "learned_prior"
     """A prior model the trainer fits to policy samples (the Blahut–Arimoto prior
     step) and whose detached log-probs it writes into ``prior_logps``."""
+    LOG_COLLISION = "log_collision"
+    """log sum_v pi_theta(v | s_t)^2, the log collision probability of the policy's
+    next-token distribution (WPO's weight alignment), detached."""
     ANCHOR = "anchor"
     """A policy-generated anchor response, as a third :class:`~mipo.batch.Side`."""
 
@@ -146,6 +149,7 @@ NEEDS: dict[Need, NeedInfo] = {
         reads_reference=True,
         cacheable=False,
     ),
+    Need.LOG_COLLISION: NeedInfo(scope=_SIDE, source=Source.POLICY),
     Need.ANCHOR: NeedInfo(scope=Scope.BATCH, source=Source.SERVICE, cacheable=False),
 }
 """The table of needs: nothing else classifies them."""

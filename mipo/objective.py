@@ -25,8 +25,9 @@ from torch import Tensor
 from mipo.batch import PairBatch, Side
 from mipo.errors import BatchError, CompositionError, NonFiniteLossError
 from mipo.needs import Need
-from mipo.primitives.link import AbstractLink, LogSigmoidLink
+from mipo.primitives.link import LogSigmoidLink
 from mipo.primitives.margin import AbstractMargin, NoMargin
+from mipo.primitives.pair_link import AbstractPairLink, PairRewards
 from mipo.primitives.prior import AbstractPrior, ReferencePrior
 from mipo.primitives.terms import AbstractTerm
 from mipo.primitives.weighter import AbstractTokenWeighter, SumOverResponse
@@ -90,7 +91,7 @@ _SLOTS: tuple[tuple[str, type], ...] = (
     ("prior", AbstractPrior),
     ("weighter", AbstractTokenWeighter),
     ("margin", AbstractMargin),
-    ("link", AbstractLink),
+    ("link", AbstractPairLink),
 )
 
 
@@ -103,7 +104,8 @@ class Objective:
         prior: zeta; what l_t is measured against (default: the reference, DPO).
         weighter: token weights w_t (default: sum over response tokens).
         margin: offset m inside the link (default: none).
-        link: the per-pair loss of z (default: -log sigmoid).
+        link: the per-pair loss of z (default: -log sigmoid), or of both rewards
+            (a pair link: NCA, BCO, AOT, ...).
         beta: the scale (MI-DPO's alpha, DPO's beta), > 0.
         terms: named extra terms outside the link.
         check_finite: raise :class:`~mipo.errors.NonFiniteLossError` when the loss
@@ -130,7 +132,7 @@ class Objective:
     prior: AbstractPrior = ReferencePrior()
     weighter: AbstractTokenWeighter = SumOverResponse()
     margin: AbstractMargin = NoMargin()
-    link: AbstractLink = LogSigmoidLink()
+    link: AbstractPairLink = LogSigmoidLink()
     beta: float = 0.1
     terms: tuple[Term, ...] = ()
     check_finite: bool = True
@@ -201,6 +203,7 @@ class Objective:
 
     def _owners(self, need: Need) -> str:
         parts = {"prior": self.prior, "weighter": self.weighter, "margin": self.margin}
+        parts["link"] = self.link
         parts |= {f"terms[{t.name}]": t.term for t in self.active_terms}
         return ", ".join(
             f"{slot}={type(p).__name__}" for slot, p in parts.items() if need in p.needs
@@ -220,8 +223,17 @@ class Objective:
             batch.rejected.masked_sum(rejected_weights * rejected_prior.token_log_ratio)
             + rejected_prior.offset
         )
-        logits = self.beta * (chosen_reward - rejected_reward) - self.margin(batch)
-        link_loss = self.link(logits, beta=self.beta)
+        margin = self.margin(batch)
+        logits = self.beta * (chosen_reward - rejected_reward) - margin
+        rewards = PairRewards(
+            chosen=chosen_reward,
+            rejected=rejected_reward,
+            margin=margin,
+            logits=logits,
+            chosen_weights=chosen_weights,
+            rejected_weights=rejected_weights,
+        )
+        link_loss = self.link.pair_loss(rewards, batch, beta=self.beta)
         per_pair = link_loss
         term_values: dict[str, Tensor] = {}
         for term in self.active_terms:

@@ -9,7 +9,7 @@ $$ \Gamma^\star = \arg\min_{\Gamma \ge 0}\ \langle \Gamma, C\rangle
 
 with the generalised $\mathrm{KL}(x\|y) = \sum x\log(x/y) - x + y$ (POT's
 ``reg_type="entropy"``; Chizat et al., arXiv 1607.05816, Alg. 2; OTPO, Li et al.,
-arXiv 2505.18720, methods.md §10.4). The scaling iteration, with
+arXiv 2505.18720; ``docs/recipe_notes/otpo.md``). The scaling iteration, with
 $\varphi_k = \tau_k/(\tau_k+\varepsilon)$, $u = e^{f/\varepsilon}$,
 $v = e^{g/\varepsilon}$, $K = e^{-C/\varepsilon}$, is
 

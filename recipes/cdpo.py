@@ -8,7 +8,7 @@ with z = beta * h, h the DPO log-ratio difference.
 Prior: reference. Weighter: sum. Margin: none. Link: label-smoothed (cDPO), or
 ``link=RobustLink`` for the unbiased estimator (TRL ``robust``). Not expressible
 by a prior: the mixture of log sigmoid(z) and log sigmoid(-z) is another link
-(objective.md section 6).
+(docs/objective.md#what-a-prior-cannot-express).
 """
 
 from mipo import Objective, TrainConfig

@@ -1,11 +1,11 @@
 """H-DPO (Omura, Fujita, Kataoka, "Entropy Controllable DPO", arXiv 2411.07595).
 
 L = -log sigmoid(beta [a S_pi(y_w) - S_ref(y_w)] - beta [a S_pi(y_l) - S_ref(y_l)])
-(recalled, not read from the PDF: methods.md section 6). a < 1 sharpens the policy.
+(recalled, not read from the PDF: docs/recipe_notes/hdpo.md). a < 1 sharpens the policy.
 
 Prior: the tempered reference zeta = pi_ref^(1/a) with scale a * beta (class E).
 Weighter: sum. Margin: none. Link: -log sigmoid. mipo ships nothing named
-"cEntropy": H-DPO is only our best reading of that name (objective.md 5.3).
+"cEntropy": H-DPO is only our best reading of that name.
 """
 
 from mipo import Objective, TrainConfig

@@ -6,7 +6,7 @@ J = -log sigmoid(alpha [log pi(y_w|x) - log zeta(y_w)] - alpha [log pi(y_l|x) - 
 mipo's ``beta`` is MI-DPO's alpha (= 1 / the paper's beta). Prior: any
 ``AbstractPrior`` (the reference gives DPO). Weighter: sum. Margin: none. Link:
 -log sigmoid. A prior with learnable parameters must be trained by its own
-objective, never through J (objective.md 7.2).
+objective, never through J (docs/objective.md#the-degeneracy).
 """
 
 from mipo import Objective, TrainConfig

@@ -5,8 +5,8 @@ J = -log sigmoid(beta [log pi(y_w|x) - log zeta(y_w)] - beta [log pi(y_l|x) - lo
 Prior: zeta_phi(y_t|s_t) = softmax(reference logits + phi)[y_t], a learned
 vocabulary bias phi (phi = 0: DPO), refitted by maximum likelihood to responses
 sampled from the current policy every ``prior_update_every`` steps: the
-Blahut-Arimoto prior step (objective.md 7.3). J sees the prior detached and
-never trains it (7.2). Weighter: sum. Margin: none. Link: -log sigmoid. The
+Blahut-Arimoto prior step (docs/objective.md#the-prior-step-blahut-arimoto). J
+sees the prior detached and never trains it. Weighter: sum. Margin: none. Link: -log sigmoid. The
 parametrisation and schedule are mipo's own (the paper reports no runs).
 """
 

@@ -3,10 +3,10 @@
 L = -log sigmoid(beta [sum_i w_c,i l_i(y_w) - sum_j w_r,j l_j(y_l)]) with w_c = Gamma 1, w_r = Gamma^T 1
 from an unbalanced entropic OT plan between the policy's detached last hidden states of the two
 responses (cost: Euclidean + 1e-6, divided by the padded maximum when > 1), scaled so that both sides
-sum to min(|y_w|, |y_l|) (methods.md §10).
+sum to min(|y_w|, |y_l|) (docs/recipe_notes/otpo.md).
 
 Prior: the reference (class E). Weighter: ``TransportTokenWeights`` (the same weights on policy and
-reference log-probs). Margin: none. Link: -log sigmoid. Terms: none. Presets (§10.9): Llama-3-8B, the
+reference log-probs). Margin: none. Link: -log sigmoid. Terms: none. Presets: Llama-3-8B, the
 defaults; Llama-3.2-3B: ``make_objective(beta=0.1, eps=0.1)``. The uniform min-length-budget ablation
 is ``dataclasses.replace(objective, weighter=UniformBudgetWeights())``.
 """

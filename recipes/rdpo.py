@@ -1,7 +1,7 @@
 """R-DPO (Park et al., arXiv 2403.19159): DPO with a length regulariser.
 
 L = -log sigmoid(beta h + alpha_len (|y_w| - |y_l|)), lengths in tokens with EOS
-(sign and unit unverified against the PDF, methods.md section 5).
+(sign and unit unverified against the PDF, docs/recipe_notes/rdpo.md).
 
 Prior: the length-penalised reference zeta = pi_ref * exp(-(alpha_len/beta)|y|)
 (class E); the same loss as DPO plus ``LengthDifferenceMargin(alpha_len)``

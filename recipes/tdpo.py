@@ -10,7 +10,7 @@ detach_role="chosen"`` -- the stop-gradient is on the CHOSEN KL (class S).
 TDPO1: ``alpha_tdpo=1.0, detach_role=None`` (class G). Weighter: sum. Link:
 -log sigmoid.
 
-Config history (methods.md 7.4): config/loss/tdpo.yaml had if_tdpo2: true until
+Config history (docs/recipe_notes/tdpo.md): config/loss/tdpo.yaml had if_tdpo2: true until
 commit f567175 (Jul 2024), which set it to false, so the README's "TDPO2" command
 now trains TDPO1; the loss function's own signature defaults to TDPO2. Always
 choose the variant explicitly.

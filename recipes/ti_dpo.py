@@ -1,19 +1,15 @@
-"""TI-DPO (Yang et al., arXiv 2505.19653 v3), Eq. 14, on the released code's TDPO2 base (methods.md 11).
+"""TI-DPO (Yang et al., arXiv 2505.19653 v3), Eq. 14, on the released code's TDPO2 base.
 
-Prior: reference x exp(-alpha_tdpo K), K the unweighted forward sequential KL, chosen KL detached. Weighter:
-gradient attribution + Gaussian position prior, mean 1 over the span, detached (Eq. 5-8). Link: -log sigmoid.
-Term: log-ratio triplet on an anchor sampled by the policy (Eq. 13). Defaults: Table B13 (margin: code's).
-Released-yaml preset: --objective.beta=0.2 --objective.lam=0.2 --objective.gamma=0.001
---objective.alpha_triplet=0.001 --objective.prior_sigma_div=8 --objective.span=sequence. The ten
-paper-vs-code differences are listed in docs/recipe_notes/ti_dpo.md (on this recipe's docs page).
-"""
+Prior: reference x exp(-alpha_tdpo K), K the forward sequential KL, chosen KL detached. Weighter: gradient
+attribution + Gaussian position prior, mean 1 over the span, detached (Eq. 5-8). Term: log-ratio triplet on
+an anchor the policy samples (Eq. 13). Defaults: Table B13; `train`: the CPU main job (docs/which_method.md);
+authors' settings: --preset released | paper (docs/recipe_notes/ti_dpo.md)."""
 
 from typing import Literal
 
+import mipo.primitives as p
 from mipo import Objective, Term, TrainConfig
-from mipo.primitives.attribution import GradientAttributionWeights
-from mipo.primitives.prior import ProductPrior, ReferencePrior, SequentialKLPenalty
-from mipo.primitives.triplet import LogRatioTriplet
+from mipo.services import AnchorSampling
 
 
 def make_objective(
@@ -25,24 +21,29 @@ def make_objective(
     prior_sigma_div: float = 4.0,  # Eq. 7 sigma = T/4 (tidpo.yaml: 8)
     span: Literal["response", "sequence"] = "response",  # paper; code: "sequence"
     alpha_triplet: float = 0.1,  # not in the paper; code default (tidpo.yaml: 0.001)
+    anchor_tokens: int = 64,  # trainers.py: min(64, max_length - longest prompt)
 ) -> Objective:
-    kl = SequentialKLPenalty(kappa=alpha_tdpo, direction="forward", detach_role="chosen")
+    kl = p.SequentialKLPenalty(kappa=alpha_tdpo, direction="forward", detach_role="chosen")
+    anchor = AnchorSampling(max_new_tokens=anchor_tokens)
+    triplet = p.LogRatioTriplet(margin=alpha_triplet, sampling=anchor)
     return Objective(
-        prior=ProductPrior(base=ReferencePrior(), factors=(kl,)),
-        weighter=GradientAttributionWeights(lam=lam, prior_sigma_div=prior_sigma_div, span=span),
+        prior=p.ProductPrior(base=p.ReferencePrior(), factors=(kl,)),
+        weighter=p.GradientAttributionWeights(lam=lam, prior_sigma_div=prior_sigma_div, span=span),
         beta=beta,
-        terms=(Term(name="triplet", term=LogRatioTriplet(margin=alpha_triplet), weight=gamma),),
+        terms=(Term(name="triplet", term=triplet, weight=gamma),),
     )
 
 
 objective = make_objective()
-# Released config.yaml (the paper gives none): RMSprop, lr 5e-6, constant, lengths 256 / 128;
-# warmup 150 there, 2 here so that a CPU run of a few steps trains at all.
-train = TrainConfig(
-    learning_rate=5e-6,
-    optimizer="rmsprop",
-    lr_schedule="constant",
-    warmup_steps=2,
-    max_length=256,
-    max_prompt_length=128,
-)
+# The main job (make train), sized for a 2-core CPU: AdamW, whose bias correction makes the first
+# update lr-sized (RMSprop's is 10x lr: the saw of the old defaults), on builtin:sentiment.
+# fmt: off
+train = TrainConfig(dataset="builtin:sentiment?n=1200", max_examples=0, learning_rate=5e-6,
+                    optimizer="adamw", lr_schedule="constant", warmup_steps=3, max_steps=24,
+                    batch_size=8, eval_max_examples=0, eval_max_new_tokens=32)
+_loop = {"train.optimizer": "rmsprop", "train.learning_rate": 5e-6, "train.warmup_steps": 150,
+         "train.lr_schedule": "constant", "train.max_length": 256, "train.max_prompt_length": 128}
+presets = {"paper": _loop, "released": {**_loop, "objective.beta": 0.2, "objective.lam": 0.2,
+           "objective.gamma": 0.001, "objective.alpha_triplet": 0.001,
+           "objective.prior_sigma_div": 8.0, "objective.span": "sequence"}}
+# fmt: on

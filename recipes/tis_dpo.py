@@ -7,7 +7,8 @@ the code's token_level=false) drops it.
 Prior: token interpolation prod_t pi_theta^(1-w_t) pi_ref^(w_t) (class G), times exp(+alpha_tis K_w(y)),
 the opposite orientation to TDPO's. Link: -log sigmoid. w = transform(scores) per response, from the
 weight columns ``python -m mipo.weights estimate`` writes (chosen log p+ - log p-, rejected flipped).
-Default transform: identity; the authors' README uses ``RankTransform()`` and EOS weight 0 (8.4).
+Default transform: identity; the authors' README uses ``RankTransform()`` and EOS weight 0
+(docs/recipe_notes/tis_dpo.md).
 """
 
 from mipo import Objective, TrainConfig

@@ -5,8 +5,8 @@ Hand-worked tests build a :class:`~mipo.PairBatch` from Python lists with
 use :func:`random_batch` (seeded) or :func:`pair_batches` (Hypothesis), which
 fill exactly the fields a set of :class:`~mipo.Need` values asks for.
 
-Bounds follow ``style.md`` §8.1: log-probs in [-20, 0], at least one response
-token per row, batch <= 4, seq <= 8. Nothing here calls a mipo objective.
+Bounds (the project's rule for property tests): log-probs in [-20, 0], at least one
+response token per row, batch <= 4, seq <= 8. Nothing here calls a mipo objective.
 """
 
 import dataclasses
@@ -95,9 +95,15 @@ def _side_from_arrays(
             last = torch.arange(mask.shape[1]).expand_as(mask)
             end = (mask * (last + 1)).amax(-1, keepdim=True)
             fields[need.value] = last < end
+            # the unshifted first token's attribution score (TI-DPO "sequence")
+            first = values["first_token_attribution"]
+            fields["first_token_attribution"] = torch.from_numpy(first).to(dtype)
         elif need is Need.HIDDEN_STATES:
             hidden = values["hidden_states"]
             fields[need.value] = torch.from_numpy(hidden).to(dtype)
+        elif need is Need.LOG_COLLISION:
+            collision = values["log_collision"]
+            fields[need.value] = torch.from_numpy(collision).to(dtype)
     return Side(
         policy_logps=torch.from_numpy(values["policy_logps"]).to(dtype),
         response_mask=mask,
@@ -123,6 +129,8 @@ def random_batch(
     """
     needs = frozenset(needs)
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng((seed, 1))
+    collision = np.random.default_rng((seed, 2))  # WPO's log sum_v p_v^2 column
 
     def one(rows_seq: int) -> Side:
         starts = rng.integers(0, rows_seq, size=batch)
@@ -133,6 +141,9 @@ def random_batch(
         for need, (low, high) in _FLOAT_NEEDS.items():
             values[need.value] = rng.uniform(low, high, (batch, rows_seq))
         values["hidden_states"] = rng.normal(size=(batch, rows_seq, HIDDEN))
+        # its own generator: the draws above stay those of earlier versions
+        values["first_token_attribution"] = extra.uniform(-3.0, 3.0, batch)
+        values["log_collision"] = collision.uniform(-5.0, 0.0, (batch, rows_seq))
         built = _side_from_arrays(values, _masks(rows, rows_seq), needs, dtype)
         if not requires_grad:
             return built
@@ -189,6 +200,10 @@ def pair_batches(
                 values[need.value] = floats((size, length), *_FLOAT_NEEDS[need])
         if Need.HIDDEN_STATES in needs:
             values["hidden_states"] = floats((size, length, HIDDEN), -3.0, 3.0)
+        if Need.SEQUENCE_MASK in needs:
+            values["first_token_attribution"] = floats((size,), -3.0, 3.0)
+        if Need.LOG_COLLISION in needs:
+            values["log_collision"] = floats((size, length), -5.0, 0.0)
         return _side_from_arrays(values, _masks(rows(length), length), needs, dtype)
 
     chosen, rejected = one(seq), one(seq)

@@ -28,7 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BASELINE = HERE / "data" / "identity_baseline.json"
-SKIPPED_KEYS = {"tokens_per_second", "peak_memory_mb"}
+SKIPPED_KEYS = {"tokens_per_second", "peak_memory_mb", "step_seconds"}
 """Metrics that depend on the machine, not on the maths."""
 
 

@@ -1,9 +1,9 @@
-r"""Independent float64 oracles for the DPO family, written from the spec.
+r"""Independent float64 oracles for the DPO family, written from the authors' code.
 
 Nothing here imports :mod:`mipo`: every loss is transcribed from the formulas of
-``methods.md`` (code semantics of the reference repositories) and
-``objective.md`` (notation), so that a mipo objective compared against an oracle
-is checked against the spec, not against itself.
+the authors' code as the recipe notes state them (``docs/recipe_notes/``), in the
+notation of ``docs/objective.md#notation``, so that a mipo objective compared
+against an oracle is checked against the authors' semantics, not against itself.
 
 An oracle reads one :class:`OracleSide` per role: plain per-token tensors on the
 shifted ``seq`` axis (position ``t`` holds the label ``y_t``), a response mask
@@ -12,8 +12,8 @@ and, where a method needs them, full-vocabulary KLs and token weights.
 ``log_softmax`` (never ``log(softmax)``), so gradients of an oracle loss flow to
 the logits.
 
-Notation (``methods.md`` §1): ``S_pol``, ``S_ref`` summed label log-probs over
-the response, ``n = |y|`` (EOS included), ``h`` the DPO log-ratio difference.
+Notation: ``S_pol``, ``S_ref`` summed label log-probs over the response,
+``n = |y|`` (EOS included), ``h`` the DPO log-ratio difference.
 Each oracle returns the batch mean of the per-pair losses (a 0-d tensor).
 """
 
@@ -142,16 +142,16 @@ def dpo_h(chosen: OracleSide, rejected: OracleSide) -> Tensor:
     return _log_ratio_sum(chosen) - _log_ratio_sum(rejected)
 
 
-# ------------------------------------------------------------ DPO family (§3)
+# ------------------------------------------------------------ DPO family
 
 
 def dpo(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
-    """L = -log sigma(beta h) (Rafailov et al., Eq. 7; methods.md §3.1)."""
+    """L = -log sigma(beta h) (Rafailov et al., Eq. 7; docs/recipe_notes/dpo.md)."""
     return _neg_log_sigmoid(beta * dpo_h(chosen, rejected)).mean()
 
 
 def dpo_reference_free(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
-    """L = -log sigma(beta (S_pol[c] - S_pol[r])) (methods.md §3.1, ref-free)."""
+    """L = -log sigma(beta (S_pol[c] - S_pol[r])) (reference-free DPO)."""
     h = _sum(chosen.logps, chosen.mask) - _sum(rejected.logps, rejected.mask)
     return _neg_log_sigmoid(beta * h).mean()
 
@@ -189,7 +189,7 @@ def hinge(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
     return _relu(1 - beta * dpo_h(chosen, rejected)).mean()
 
 
-# -------------------------------------------------------------- SimPO (§4)
+# -------------------------------------------------------------- SimPO
 
 
 def simpo(
@@ -201,7 +201,7 @@ def simpo(
     loss_type: str = "sigmoid",
     sft_weight: float = 0.0,
 ) -> Tensor:
-    """SimPO code semantics (methods.md §4.2).
+    """SimPO code semantics (docs/recipe_notes/simpo.md).
 
     avg[s] = S_pol[s] / n[s]; z = (avg[c] - avg[r]) - gamma_beta_ratio;
     sigmoid: -log sigma(beta z); hinge: relu(1 - beta z); plus sft_weight times
@@ -223,13 +223,14 @@ def simpo(
     return loss
 
 
-# --------------------------------------------------------- R-DPO, H-DPO (§5, §6)
+# --------------------------------------------------------- R-DPO, H-DPO
 
 
 def rdpo(
     chosen: OracleSide, rejected: OracleSide, beta: float, alpha_len: float
 ) -> Tensor:
-    """L = -log sigma(beta h + alpha_len (|y_w| - |y_l|)) (methods.md §5)."""
+    """L = -log sigma(beta h + alpha_len (|y_w| - |y_l|))
+    (docs/recipe_notes/rdpo.md)."""
     z = beta * dpo_h(chosen, rejected) + alpha_len * (
         _length(chosen) - _length(rejected)
     )
@@ -246,7 +247,7 @@ def hdpo(chosen: OracleSide, rejected: OracleSide, beta: float, a: float) -> Ten
     return _neg_log_sigmoid(beta * inner(chosen) - beta * inner(rejected)).mean()
 
 
-# ------------------------------------------------------------------ TDPO (§7)
+# ------------------------------------------------------------------ TDPO
 
 
 def _seq_kl_forward(side: OracleSide) -> Tensor:
@@ -254,7 +255,8 @@ def _seq_kl_forward(side: OracleSide) -> Tensor:
 
 
 def tdpo1(chosen: OracleSide, rejected: OracleSide, beta: float) -> Tensor:
-    """z = (m[c] - m[r]) - (K[r] - K[c]); L = softplus(-beta z) (methods.md §7.2)."""
+    """z = (m[c] - m[r]) - (K[r] - K[c]); L = softplus(-beta z)
+    (docs/recipe_notes/tdpo.md)."""
     z = dpo_h(chosen, rejected) - (_seq_kl_forward(rejected) - _seq_kl_forward(chosen))
     return _neg_log_sigmoid(beta * z).mean()
 
@@ -268,7 +270,7 @@ def tdpo2(
     return _neg_log_sigmoid(beta * z).mean()
 
 
-# --------------------------------------------------------------- TIS-DPO (§8)
+# --------------------------------------------------------------- TIS-DPO
 
 
 def tis_dpo(
@@ -279,7 +281,7 @@ def tis_dpo(
     token_level: bool = False,
     alpha: float = 0.0,
 ) -> Tensor:
-    """TIS-DPO code semantics (methods.md §8.5).
+    """TIS-DPO code semantics (docs/recipe_notes/tis_dpo.md).
 
     m[s] = sum_t w M q, K[s] = sum_t w M KLrev (reverse KL, no stop-gradient);
     token_level=false: z = m[c] - m[r]; true: z = (m[c] - m[r]) - alpha (K[c] - K[r]),
@@ -301,7 +303,7 @@ def tis_dpo(
     return _neg_log_sigmoid(beta * z).mean()
 
 
-# --------------------------------------------------------------- SparsePO (§9)
+# --------------------------------------------------------------- SparsePO
 
 
 def sparsepo(
@@ -313,7 +315,7 @@ def sparsepo(
     l1_d: float = 0.0,
     common_mask: bool = False,
 ) -> Tensor:
-    """SparsePO u/d form (methods.md §9.1, §9.3).
+    """SparsePO u/d form (docs/recipe_notes/sparsepo.md).
 
     k_t = -KL(pi_ref || pi_theta); u = sum m_u q (c) - sum m_u q (r);
     d = sum m_d k (c) - sum m_d k (r); per pair softplus(-beta (u - d)) plus

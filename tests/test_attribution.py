@@ -3,16 +3,27 @@
 The attribution oracle runs each row alone, without padding, through the full
 causal LM (``model(inputs_embeds=...).logits``) and differentiates the largest
 logit at its last token with respect to that row's embeddings: an independent
-per-row computation of methods.md §11.3 (1).
+per-row computation of the released code's importance scores
+(``docs/recipe_notes/ti_dpo.md``).
 """
 
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_llama
 from torch import nn
 from torch.testing import assert_close
 
-from mipo.training.services.anchor import AnchorSampling, generate_anchor
+from mipo import TrainConfig
+from mipo.data.builtin import arithmetic_records
+from mipo.data.collate import collate
+from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
+from mipo.data.tokenize import encode_record
+from mipo.primitives import GradientAttributionWeights
+from mipo.services import AnchorSampling
+from mipo.training.batching import BatchBuilder
+from mipo.training.services import Models, ServiceSetup, build_services
+from mipo.training.services.anchor import generate_anchor
 from mipo.training.services.attribution import attribution_scores, last_valid_position
 
 VOCAB = 97
@@ -236,3 +247,58 @@ def test_a_peft_wrapped_policy_gives_the_base_scores_at_initialisation() -> None
     )
     assert_close(attribution_scores(wrapped, ids, mask), expected)
     assert all(p.grad is None for p in wrapped.parameters())
+
+
+# ------------------------------------------------ the trainer's "sequence" span
+
+
+def released_weights(scores: np.ndarray, lam: float, sigma_div: float) -> np.ndarray:
+    """The released weight routine over one unshifted row of valid tokens (NumPy
+    float64): positive scores normalised, a normalised Gaussian over the token
+    index (centre (n-1)/2, sigma max(1, n/d)), mixed, renormalised, times n."""
+    n = scores.shape[0]
+    if n <= 1:
+        return np.zeros(n)
+    k = np.arange(n, dtype=np.float64)
+    gauss = np.exp(-0.5 * ((k - (n - 1) / 2) / max(1.0, n / sigma_div)) ** 2)
+    prior = gauss / gauss.sum()
+    positive = np.clip(scores, 0.0, None)
+    share = positive / positive.sum() if positive.sum() > 0 else prior
+    mixed = lam * share + (1 - lam) * prior
+    return n * mixed / mixed.sum()
+
+
+def test_trainer_sequence_span_weights_match_the_released_routine() -> None:
+    """The trainer's batch builder + GradientAttributionWeights(span="sequence") on a tiny
+    Llama against the released procedure re-derived here: per-row float64 scores
+    of every unshifted token (first one included), the weights over the whole
+    unshifted row, then the first column dropped to align with the labels."""
+    tokenizer = tiny_chat_tokenizer()
+    pairs = [
+        encode_record(r, tokenizer, max_length=128, max_prompt_length=96)
+        for r in arithmetic_records(n=3, seed=2)
+    ]
+    tensors = collate(pairs, pad_token_id=tokenizer.pad_token_id)
+    policy = tiny_llama(3, max_position_embeddings=256, pad_token_id=None).double()
+    weighter = GradientAttributionWeights(lam=0.7, prior_sigma_div=4.0, span="sequence")
+    models = Models(policy=policy, pad_token_id=tokenizer.pad_token_id)
+    setup = ServiceSetup(
+        config=TrainConfig(), models=models, device=torch.device("cpu")
+    )
+    builder = BatchBuilder(
+        needs=weighter.needs, services=build_services(weighter.services, setup)
+    )
+    batch = builder(models, tensors)
+    for side, data in (
+        (batch.chosen, tensors.chosen),
+        (batch.rejected, tensors.rejected),
+    ):
+        weights = weighter.weigh(side).double()
+        for row in range(data.input_ids.shape[0]):
+            length = int(data.attention_mask[row].sum())
+            ids = data.input_ids[row, :length]
+            scores = oracle_scores(policy, ids).detach().numpy()
+            expected = released_weights(scores, 0.7, 4.0)[1:]
+            got = weights[row, : length - 1].numpy()
+            np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-7)
+            assert bool((weights[row, length - 1 :] == 0).all())

@@ -350,7 +350,7 @@ def test_bad_hyperparameters_are_refused(
 
 
 def test_batch_prior_refuses_a_prior_that_requires_grad() -> None:
-    """Optimising zeta through J is degenerate (objective.md §7.2)."""
+    """Optimising zeta through J is degenerate (docs/objective.md#the-degeneracy)."""
     prior = torch.zeros(1, 2, dtype=F64, requires_grad=True)
     batch = pair(
         side([[-1.0, -2.0]], prior_logps=prior),

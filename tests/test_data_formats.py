@@ -159,10 +159,10 @@ def test_weight_columns_and_example_weight() -> None:
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"prompt": "p", "chosen": "a"}, "missing field 'rejected'"),
+        ({"prompt": "p", "chosen": "a"}, "field 'rejected': missing"),
         (
             {"prompt": "p", "chosen": 3, "rejected": "b"},
-            "field 'chosen' must be a string",
+            "field 'chosen': must be a string, got a number",
         ),
         (
             {
@@ -170,17 +170,17 @@ def test_weight_columns_and_example_weight() -> None:
                 "chosen": [{"role": "assistant", "content": 1}],
                 "rejected": [],
             },
-            "field 'chosen[0].content' must be a string",
+            "field 'chosen[0].content': must be a string, got a number",
         ),
         (
             {"prompt": [user("p")], "chosen": [assistant("a")], "rejected": []},
-            "field 'rejected' is an empty message list",
+            "field 'rejected': is an empty message list",
         ),
         (
             {"prompt": "p", "chosen": [assistant("a")], "rejected": "b"},
-            "field 'chosen' is a message list but 'prompt' is a string",
+            "field 'chosen': is a message list but 'prompt' is not",
         ),
-        ({"chosen": "abc", "rejected": "abc"}, "are identical"),
+        ({"chosen": "abc", "rejected": "abc"}, "field 'rejected': is identical"),
         ({"chosen": "abc", "rejected": "xyz"}, "share no common prefix"),
         (
             {"chosen": [user("a")], "rejected": [user("b")]},
@@ -192,7 +192,7 @@ def test_weight_columns_and_example_weight() -> None:
                 "chosen": {"from": "gpt", "value": "a"},
                 "rejected": {"from": "gpt", "value": "b"},
             },
-            "field 'conversations[0].from' is 'alien'",
+            "field 'conversations[0].from': unknown speaker 'alien'",
         ),
         (
             {
@@ -200,17 +200,17 @@ def test_weight_columns_and_example_weight() -> None:
                 "chosen": {"from": "human", "value": "a"},
                 "rejected": {"from": "gpt", "value": "b"},
             },
-            "field 'chosen.from' must be an assistant role",
+            "field 'chosen.from': is a user turn; the responses must come from an assistant",
         ),
         (
             {"prompt": "p", "chosen": "a", "rejected": "b", "chosen_weight": [1, "x"]},
-            "field 'chosen_weight[1]' must be a number",
+            "field 'chosen_weight[1]': must be a number, got a string",
         ),
         (
             {"prompt": "p", "chosen": "a", "rejected": "b", "weight": -1},
-            "field 'weight' must be finite and >= 0",
+            "field 'weight': must be >= 0",
         ),
-        ([1, 2], "expected a JSON object per row"),
+        ([1, 2], "expected an object (one row), got a list"),
     ],
 )
 def test_bad_rows_raise_one_error_naming_source_and_field(
@@ -222,7 +222,7 @@ def test_bad_rows_raise_one_error_naming_source_and_field(
 
 
 def test_column_map_with_missing_source_column_names_it() -> None:
-    with pytest.raises(DataError, match="column_map renames 'question'"):
+    with pytest.raises(DataError, match="the column map renames 'question'"):
         record_from_row(
             {"prompt": "p", "chosen": "a", "rejected": "b"},
             source="s",
@@ -253,9 +253,10 @@ def test_file_containers_load_the_same_records(tmp_path: Path, name: str) -> Non
     assert [r.prompt for r in records] == ["p1", [user("p2")], [user("p3")]]
     sources = [r.source for r in records]
     if ".jsonl" in name:
-        assert sources == [f"{name}:1", f"{name}:2", f"{name}:3"]
-    else:
-        assert sources == [f"{name}[0]", f"{name}[1]", f"{name}[2]"]
+        assert sources == [f"{path}:1", f"{path}:2", f"{path}:3"]
+    else:  # one line: the column where each row starts tells them apart
+        starts = [1 + text.index(json.dumps(row)) for row in ROWS]
+        assert sources == [f"{path}:1:{column}" for column in starts]
 
 
 def test_jsonl_error_names_file_line_and_field(tmp_path: Path) -> None:
@@ -263,23 +264,27 @@ def test_jsonl_error_names_file_line_and_field(tmp_path: Path) -> None:
     path.write_text(
         json.dumps(ROWS[0]) + "\n" + json.dumps({"prompt": "p", "chosen": "a"}) + "\n"
     )
-    with pytest.raises(DataError, match=r"^bad\.jsonl:2: missing field 'rejected'"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'rejected': missing"):
         load_records(str(path))
 
 
-def test_json_error_names_index(tmp_path: Path) -> None:
+def test_json_array_error_names_the_line_the_row_starts_on(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
-    path.write_text(
-        json.dumps([ROWS[0], {"prompt": "p", "chosen": "a", "rejected": 5}])
-    )
-    with pytest.raises(DataError, match=r"^bad\.json\[1\]: field 'rejected'"):
+    rows = [ROWS[0], {"prompt": "p", "chosen": "a", "rejected": 5}]
+    path.write_text(json.dumps(rows, indent=2))  # the second row starts on line 7
+    with pytest.raises(DataError, match=r"bad\.json:7: field 'rejected'") as info:
         load_records(str(path))
+    assert (info.value.file, info.value.line, info.value.field) == (
+        str(path),
+        7,
+        "rejected",
+    )
 
 
 def test_invalid_json_line_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):
+    with pytest.raises(DataError, match=r"bad\.jsonl:2:2: invalid JSON"):
         load_records(str(path))
 
 
@@ -356,7 +361,7 @@ def test_hh_first_pair_by_hand(shared_data: Path) -> None:
             "funny results by doing pranks with pens."
         )
     ]
-    assert first.source == "hh-rlhf-harmless-base-test.jsonl.gz:1"
+    assert first.source == f"{path}:1"
 
 
 def test_sharegpt_file_by_hand(shared_data: Path) -> None:
@@ -396,5 +401,5 @@ def test_hub_name_without_datasets_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import now fails
-    with pytest.raises(DataError, match="'datasets' package is not installed"):
+    with pytest.raises(DataError, match="needs the 'datasets' package"):
         load_records("someone/some-dataset")

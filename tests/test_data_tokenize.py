@@ -127,7 +127,7 @@ def test_truncation_keeps_prompt_end_and_completion_start(
 
 def test_weight_column_of_wrong_length_names_source_and_field() -> None:
     record = chat("q", "ab", "c", rejected_token_weights=(1.0, 1.0, 1.0, 1.0, 1.0))
-    with pytest.raises(DataError, match=r"^t\.jsonl:3: field 'rejected_weight' has 5"):
+    with pytest.raises(DataError, match=r"^t\.jsonl:3: field 'rejected_weight': has 5"):
         encode_record(record, TINY, max_length=64, max_prompt_length=32)
 
 
@@ -168,7 +168,7 @@ def test_template_that_raises_is_reported_with_the_source() -> None:
 
 def test_empty_standard_prompt_is_an_error() -> None:
     record = PreferenceRecord(prompt="", chosen="a", rejected="b", source="s")
-    with pytest.raises(DataError, match="field 'prompt' tokenises to no tokens"):
+    with pytest.raises(DataError, match="field 'prompt': tokenises to no tokens"):
         encode_record(record, TINY, max_length=64, max_prompt_length=32)
 
 

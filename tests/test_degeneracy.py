@@ -1,4 +1,5 @@
-r"""``objective.md`` §7.2: minimising $J$ over a free prior is degenerate.
+r"""Minimising $J$ over a free prior is degenerate
+(``docs/objective.md#the-degeneracy``).
 
 With the policy fixed, a normalised two-point prior on $\{y_w, y_l\}$,
 $\zeta = \mathrm{softmax}(\theta, 0)$, moves mass from $y_w$ to $y_l$ and drives
@@ -11,7 +12,7 @@ $S_\pi(y_w) - S_\pi(y_l) = -7.37$, which reproduces the spec's table
 (5.165, 3.648, 0.869, 0.011 at $\zeta(y_w)$ = 0.5, 0.1, 1e-3, 1e-6).
 
 mipo reads such a prior through :class:`~mipo.primitives.BatchPrior` with the
-values detached (the prior is trained by its own objective, §7.3), and refuses
+values detached (the prior is trained by its own objective), and refuses
 a ``prior_logps`` tensor that carries gradient.
 """
 
@@ -96,5 +97,5 @@ def test_mipo_refuses_to_optimise_a_prior_through_j() -> None:
         side([CHOSEN], prior_logps=live[None]),
         side([REJECTED], [REJECTED_MASK], prior_logps=[[log_zeta[1].item(), 0, 0]]),
     )
-    with pytest.raises(CompositionError, match=r"objective\.md §7\.2"):
+    with pytest.raises(CompositionError, match=r"objective\.md#the-degeneracy"):
         Objective(prior=BatchPrior(), beta=ALPHA)(batch)

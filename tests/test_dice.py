@@ -1,4 +1,5 @@
-"""DICE pair construction (arXiv 2406.09760; methods.md Section 12).
+"""DICE pair construction (arXiv 2406.09760; sail-sg/dice @ 865aa6d; the
+differences are listed in docs/guides/dice.md).
 
 Implicit rewards are checked against an independent float64 computation from the
 full logits; the length-controlled selection against hand-worked numbers; the
@@ -18,16 +19,23 @@ from tiny import build_tiny_model_dir, tiny_llama
 from mipo.data import PreferenceRecord, load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.tools.dice import (
+    RELEASE_SETTINGS,
+    RELEASE_TRAIN_OVERRIDES,
+    Candidate,
     DiceSettings,
     ScoredPrompt,
     build_pairs,
     choose_length_alpha,
     implicit_rewards,
+    keep_candidates,
     length_gap,
     main,
     offline_count,
+    release_counts,
     replay,
     sample_candidates,
+    score_candidates,
+    stop_token_ids,
     write_pairs,
 )
 
@@ -107,7 +115,7 @@ def test_sample_candidates_is_seeded_and_shaped(models) -> None:
     policy, _ = models
     prompts = [PROMPT, [{"role": "user", "content": "Hi"}], "plain prompt"]
 
-    def draw(seed: int) -> list[list[str]]:
+    def draw(seed: int) -> list[list[Candidate]]:
         return sample_candidates(
             policy,
             tiny_chat_tokenizer(),
@@ -124,7 +132,7 @@ def test_sample_candidates_is_seeded_and_shaped(models) -> None:
     first = draw(7)
     assert torch.equal(torch.get_rng_state(), state)  # caller's RNG untouched
     assert [len(row) for row in first] == [3, 3, 3]
-    assert all(isinstance(text, str) for row in first for text in row)
+    assert all(isinstance(c.text, str) for row in first for c in row)
     assert draw(7) == first
     assert draw(8) != first
 
@@ -274,11 +282,13 @@ def test_pairs_file_round_trips_through_load_records(tmp_path: Path) -> None:
     standard = PreferenceRecord(
         prompt="x", chosen="y", rejected="z", example_weight=0.5
     )
-    path = write_pairs(tmp_path / "pairs.jsonl", [*pairs, standard])
-    loaded = load_records(str(path))
-    assert [(r.prompt, r.chosen, r.rejected, r.example_weight) for r in loaded] == [
-        (r.prompt, r.chosen, r.rejected, r.example_weight) for r in [*pairs, standard]
-    ]
+    # a weight column is given on every row or on none
+    for name, written in (("pairs", pairs), ("weighted", [standard, standard])):
+        path = write_pairs(tmp_path / f"{name}.jsonl", written)
+        loaded = load_records(str(path))
+        assert [(r.prompt, r.chosen, r.rejected, r.example_weight) for r in loaded] == [
+            (r.prompt, r.chosen, r.rejected, r.example_weight) for r in written
+        ]
 
 
 def test_settings_refuse_unsupported_reference() -> None:
@@ -327,6 +337,7 @@ def test_cli_one_round_on_tiny_model(tmp_path: Path, capsys) -> None:
             "2",
             "--max-new-tokens",
             "8",
+            "--no-drop-truncated",
             "--offline-ratio",
             "0.5",
             "--alpha-grid",
@@ -379,6 +390,7 @@ def test_two_rounds_chain_policy_and_reference(tmp_path: Path) -> None:
         rounds=2,
         samples=2,
         max_new_tokens=8,
+        drop_truncated=False,  # a tiny random model almost never stops
         alpha_grid=(0.0,),
     )
     overrides = {
@@ -416,3 +428,183 @@ def test_cli_refuses_scoring_the_policy_against_itself(tmp_path: Path, capsys) -
     with pytest.raises(SystemExit):
         main([*argv, "--score-reference", str(policy), "--train.dataset=x.jsonl"])
     assert "set by mipo.dice" in capsys.readouterr().err
+
+
+# ------------------------------------------------ release fidelity (865aa6d)
+
+
+class _ScriptedLM(torch.nn.Module):
+    """``generate`` appends fixed continuations (one per returned sequence)."""
+
+    def __init__(self, continuations: list[list[int]], eos: object = None) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.continuations = continuations
+        self.generation_config = type("Config", (), {"eos_token_id": eos})()
+        self.seen: list[object] = []
+
+    def generate(self, *, input_ids, generation_config, **_):
+        self.seen.append(generation_config)
+        repeats = generation_config.num_return_sequences
+        prompts = input_ids.repeat_interleave(repeats, dim=0)
+        width = max(len(c) for c in self.continuations)
+        pad = generation_config.pad_token_id
+        tail = [c + [pad] * (width - len(c)) for c in self.continuations]
+        return torch.cat([prompts, torch.tensor(tail)], dim=1)
+
+
+def test_samples_stop_at_any_end_of_turn_id_and_flag_truncation() -> None:
+    """Stops are the tokenizer's EOS (2) and the model's generation-config ids
+    (7 here, as Llama-3-Instruct lists <|eot_id|>); a sample with neither is
+    truncated. ``strip`` trims the text as the release does."""
+    tokenizer = tiny_chat_tokenizer()
+    body = tokenizer("  hi ", add_special_tokens=False)["input_ids"]
+    # as in generate, only a sequence that stopped is padded (pad = EOS here)
+    model = _ScriptedLM([body + [2], body + [7, 9], body + [9, 9]], eos=[2, 7])
+    assert stop_token_ids(model, tokenizer) == (2, 7)
+    (row,) = sample_candidates(
+        model, tokenizer, [PROMPT], num_samples=3, max_new_tokens=9, strip=True
+    )
+    assert row == [
+        Candidate(text="hi", truncated=False),
+        Candidate(text="hi", truncated=False),
+        Candidate(text=tokenizer.decode(body + [9, 9]).strip(), truncated=True),
+    ]
+    assert model.seen[0].eos_token_id == [2, 7]
+    # a fresh config: no repetition penalty, whatever the checkpoint's own says
+    assert model.seen[0].repetition_penalty in (None, 1.0)
+    (plain,) = sample_candidates(
+        model, tokenizer, [PROMPT], num_samples=3, max_new_tokens=9
+    )
+    assert plain[0].text == "  hi "
+
+
+def test_release_length_and_truncation_filters() -> None:
+    """The release keeps 3 < len < 6700 characters among samples that stopped."""
+    samples = [
+        Candidate(text="abc", truncated=False),  # 3 chars: dropped
+        Candidate(text="abcd", truncated=False),
+        Candidate(text="x" * 6699, truncated=False),
+        Candidate(text="x" * 6700, truncated=False),  # dropped
+        Candidate(text="long and cut", truncated=True),  # dropped
+    ]
+    bounds = {"min_chars": RELEASE_SETTINGS["min_chars"]}
+    bounds["max_chars"] = RELEASE_SETTINGS["max_chars"]
+    assert keep_candidates(samples, **bounds) == ["abcd", "x" * 6699]
+    assert len(keep_candidates(samples, drop_truncated=False, **bounds)) == 3
+    assert len(keep_candidates(samples, drop_truncated=False)) == 5
+
+
+def test_score_candidates_drops_prompts_with_too_few_kept(models) -> None:
+    """min_candidates 2: the first prompt keeps one candidate and is dropped; the
+    second is scored on its kept texts only (implicit rewards unchanged)."""
+    policy, reference = models
+    tokenizer = tiny_chat_tokenizer()
+    settings = DiceSettings(
+        prompts="p", offline=None, score_reference="r", out="o", min_chars=2
+    )
+    second = [{"role": "user", "content": "Hi"}]
+    candidates = [
+        [Candidate(text="abcd", truncated=False), Candidate(text="a", truncated=False)],
+        [
+            Candidate(text="yes", truncated=False),
+            Candidate(text="cut", truncated=True),
+            Candidate(text="no", truncated=False),
+        ],
+    ]
+    scored, counts = score_candidates(
+        policy, reference, tokenizer, [PROMPT, second], candidates, settings
+    )
+    assert counts == {
+        "truncated_samples": 1,
+        "length_filtered": 1,
+        "dropped_prompts": 1,
+    }
+    (item,) = scored
+    assert (item.prompt, item.responses) == (second, ("yes", "no"))
+    expected = implicit_rewards(policy, reference, tokenizer, second, ["yes", "no"])
+    assert list(item.scores) == expected
+
+
+def test_release_alpha_scan_stops_at_the_first_local_minimum() -> None:
+    """HAND's |gap| is 3 at alpha 0.06, 5 at 0.2 and 1 at 0.1: the release's scan
+    stops at 0.2 (the gap grew) and keeps 0.06; the full scan finds 0.1."""
+    assert [abs(length_gap(HAND, a)) for a in (0.06, 0.2, 0.1)] == [3.0, 5.0, 1.0]
+    grid = (0.06, 0.2, 0.1)
+    assert choose_length_alpha(HAND, grid, stop_early=True) == 0.06
+    assert choose_length_alpha(HAND, grid) == 0.1
+
+
+@pytest.mark.parametrize(
+    ("new", "offline", "ratio", "kept", "replayed"),
+    # int(10 * 0.5) = 5 and int(0.5 * 5 / 0.5) = 5; int(10 * 0.7) = 7 and
+    # int(0.3 * 7 / 0.7) = int(3.0000000000000004) = 3; int(9 * 0.75) = 6 and
+    # int(0.25 * 6 / 0.75) = 2; fewer generated pairs than wanted: min(5, 3) = 3
+    [(8, 10, 0.5, 5, 5), (9, 10, 0.3, 7, 3), (9, 9, 0.25, 6, 2), (3, 10, 0.5, 3, 3)],
+)
+def test_release_replay_fixes_the_total_at_the_offline_size(
+    new: int, offline: int, ratio: float, kept: int, replayed: int
+) -> None:
+    """The release's mix with ONE prompt pool for sampling and replay (its
+    prompt.json and preference.json share prompts): a subset of the generated
+    pairs, and offline pairs for other prompts only."""
+    assert release_counts(new, offline, ratio) == (kept, replayed)
+    generated = [
+        PreferenceRecord(prompt=f"p{i}", chosen="gen a", rejected="gen b")
+        for i in range(new)
+    ]
+    mixed = replay(
+        generated, records("p", offline), ratio=ratio, seed=4, total="offline"
+    )
+    from_generated = [r for r in mixed if r.chosen == "gen a"]
+    assert len(from_generated) == kept and len(mixed) == kept + replayed
+    assert len({r.prompt for r in mixed}) == len(mixed)  # one pair per prompt
+    assert mixed == replay(
+        generated, records("p", offline), ratio=ratio, seed=4, total="offline"
+    )
+    assert replay(generated, [], ratio=0.0, seed=0, total="offline") == generated
+
+
+def test_keep_all_replay_on_one_prompt_pool_says_how_to_fix_it() -> None:
+    with pytest.raises(ValueError, match="pass --replay-total offline"):
+        replay(records("p", 8), records("p", 10), ratio=0.5, seed=0)
+
+
+def test_release_preset_settings_and_training_overrides() -> None:
+    """The preset resolves against recipes/dpo.py to the release's per-round
+    DPO: beta 0.1, AdamW at a constant 5e-7 from step 0 (HF's "constant"
+    ignores the release's 50 warmup steps), 300 steps of 32 pairs."""
+    from mipo.training.cli import resolve
+    from mipo.training.recipes import load_recipe
+
+    settings = DiceSettings(
+        prompts="p", offline="o", score_reference="r", out="x", **RELEASE_SETTINGS
+    )
+    assert (settings.samples, settings.temperature, settings.top_p) == (16, 0.7, 0.9)
+    assert (settings.max_new_tokens, settings.offline_ratio) == (2048, 0.5)
+    assert settings.replay_total == "offline" and settings.min_candidates == 8
+    config, _, objective = resolve(load_recipe("dpo"), RELEASE_TRAIN_OVERRIDES)
+    assert objective.beta == 0.1
+    assert (config.learning_rate, config.lr_schedule) == (5e-7, "constant")
+    assert (config.warmup_steps, config.warmup_ratio) == (0, 0.0)
+    assert config.max_steps == 300 and config.optimizer == "adamw"
+    assert config.batch_size * config.gradient_accumulation_steps == 32
+
+
+def test_cli_preset_is_overridden_by_explicit_flags() -> None:
+    from mipo.tools.dice import _parser, _settings
+
+    argv = ["dpo", "--prompts", "p", "--score-reference", "r", "--out", "o"]
+    args, _ = _parser().parse_known_args(
+        [*argv, "--offline", "x", "--preset", "release", "--samples", "4"]
+    )
+    settings = _settings(args)
+    assert (settings.samples, settings.temperature) == (4, 0.7)
+    assert settings.drop_truncated and settings.alpha_stop_early
+    args, _ = _parser().parse_known_args([*argv, "--no-drop-truncated"])
+    default = _settings(args)
+    assert (default.samples, default.temperature, default.drop_truncated) == (
+        8,
+        1.0,
+        False,
+    )

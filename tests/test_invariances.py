@@ -1,4 +1,4 @@
-r"""Metamorphic properties of every shipped objective (``style.md`` §8, layer 3).
+r"""Metamorphic properties of every shipped objective.
 
 Each property draws a recipe and a bounded batch carrying exactly that recipe's
 needs (``builders.pair_batches``), transforms the batch, and states what must
@@ -57,6 +57,10 @@ F64_TOL = TOLERANCES[torch.float64]
 # tolerance 1e-6): its float64 properties hold to float32 accuracy (measured:
 # swap residual <= 8e-8 over 200 seeded batches).
 FLOAT32_INTERNALS = frozenset({"otpo"})
+# OTPO's cost normaliser is the authors' padded maximum: a padding column gives a
+# row without one a zeroed position, which adds the other side's hidden-state
+# norms (docs/recipe_notes/otpo.md; tests/test_otpo.py covers both cases).
+PADDING_INVARIANT = tuple(name for name in OBJECTIVES if name != "otpo")
 
 
 def _tol(name: str) -> dict[str, float]:
@@ -141,7 +145,7 @@ def _pad_side(side: Side, extra: int, fill: float) -> Side:
 
 
 @given(
-    case=objective_and_batch(),
+    case=objective_and_batch(PADDING_INVARIANT),
     extra=st.integers(1, 3),
     fill=st.floats(-20.0, 0.0, width=32),
 )

@@ -1,4 +1,4 @@
-r"""SparsePO / MaPO masks (``methods.md`` §9.2, §9.3, §9.5).
+r"""SparsePO / MaPO masks (``docs/recipe_notes/sparsepo.md``).
 
 Oracles are written here from the spec: the min-max rescale in NumPy, the MaPO
 residual-group mask from Hugging Face's ``output_hidden_states`` (an independent

@@ -1,4 +1,5 @@
-r"""Mutual-information identities on tabular bandits (``objective.md`` §3, §7).
+r"""Mutual-information identities on tabular bandits
+(``docs/objective.md#mutual-information-identities``).
 
 Oracles are written here in NumPy float64 from the spec's formulas and never call
 mipo. The optimisation tests state exactly what is minimised:
@@ -66,7 +67,7 @@ def mi_worlds(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_expected_kl_is_information_plus_marginal_gap(
     world: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
-    """E_x KL(pi||zeta) = I(X;Y) + KL(p_pi||zeta) (objective.md §3(b))."""
+    """E_x KL(pi||zeta) = I(X;Y) + KL(p_pi||zeta) (identity (b))."""
     px, policy, prior = world
     marginal = (px[:, None] * policy).sum(axis=0)
     oracle_expected = sum(px[i] * _np_kl(policy[i], prior) for i in range(len(px)))
@@ -95,7 +96,7 @@ def test_gibbs_policy_matches_its_definition(
     world: tuple[np.ndarray, np.ndarray, np.ndarray], b: float, rewards: np.ndarray
 ) -> None:
     """pi(y|x) = zeta(y) e^{b r(x,y)} / Z(x), and r = (1/b) log(pi/zeta) + (1/b)
-    log Z(x) recovers the reward (objective.md §3(d), (e))."""
+    log Z(x) recovers the reward (identities (d), (e))."""
     _, policy, prior = world
     reward = rewards[: policy.shape[0], : policy.shape[1]]
     unnormalised = prior[None, :] * np.exp(b * reward)
@@ -118,7 +119,7 @@ def _bandit() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_blahut_arimoto_reaches_the_fixed_point() -> None:
     """The alternation converges (residual < 1e-9), F never decreases, and the
-    result satisfies both fixed-point equations of §3(d) (checked by a NumPy
+    result satisfies both fixed-point equations of identity (d) (checked by a NumPy
     oracle, not by mipo)."""
     reward, px = _bandit()
     b = 1.5
@@ -250,7 +251,7 @@ def test_joint_minimum_over_policy_and_prior_is_below_the_fixed_reference() -> N
     the floor of the weighted binary cross-entropy, the infimum of J over all
     (pi, zeta): a free prior table absorbs whatever the one-parameter policy
     family cannot express. A statement about training-loss values only
-    (objective.md §7.1)."""
+    (docs/objective.md#learning-a-prior)."""
     problem = _preference_problem()
     theta = torch.zeros((), dtype=F64, requires_grad=True)
     j_fixed = _minimise([theta], lambda: _loss(theta, problem["reference"], problem))

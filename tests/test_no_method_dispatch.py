@@ -1,4 +1,4 @@
-"""A method is a value, not a branch (``style.md``): no string dispatch in mipo.
+"""A method is a value, not a branch (a house rule): no string dispatch in mipo.
 
 Scans every ``mipo/**/*.py`` with :mod:`ast` for comparisons of a name that
 mentions ``method``, ``loss_type`` or ``variant`` against a string literal

@@ -147,7 +147,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _recipe(policy: Path, scorer: Path, out: Path) -> Any:
-    from mipo.recipes import recipe_from
+    from mipo.training.recipes import recipe_from
 
     objective = Objective(
         prior=ReferencePrior(),
@@ -180,9 +180,9 @@ def _records(run_dir: Path) -> list[dict[str, Any]]:
 def test_a_primitive_defined_here_trains_evaluates_draws_and_resumes(
     models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from mipo.eval import main as eval_main
-    from mipo.pictures import main as pictures_main
-    from mipo.train import train
+    from mipo.tools.pictures import main as pictures_main
+    from mipo.training.evaluate import main as eval_main
+    from mipo.training.trainer import train
 
     policy, scorer = models
     straight = train(_recipe(policy, scorer, tmp_path / "a"), progress=False)

@@ -1,10 +1,11 @@
-r"""OTPO's transport token weights and loss (methods.md §10).
+r"""OTPO's transport token weights and loss (``docs/recipe_notes/otpo.md``).
 
-The oracle :func:`authors_weights` restates the authors' per-pair code
-(§10.3–10.6, pseudo-code §10.8) in NumPy float64: zero the masked hidden states,
-the padded Euclidean cost plus 1e-6, divided by its maximum when that exceeds 1,
-POT's stabilised unbalanced Sinkhorn with ``reg_type="entropy"``, and the plan
-marginals scaled to the min-length budget. The loss oracle is §10.7.
+The oracle :func:`authors_weights` restates the authors' per-pair procedure in
+NumPy float64: zero the masked hidden states, the Euclidean cost over the whole
+padded grid plus 1e-6, divided by its maximum when that exceeds 1, POT's
+stabilised unbalanced Sinkhorn with ``reg_type="entropy"``, and the plan
+marginals scaled to the min-length budget. The loss oracle weights policy and
+reference log-probs with the same weights.
 """
 
 import dataclasses
@@ -38,7 +39,7 @@ HIDDEN = 16
 def authors_weights(
     h_c: np.ndarray, h_r: np.ndarray, m_c: np.ndarray, m_r: np.ndarray, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One pair, padded arrays ``[L, d]`` and masks ``[L]`` (methods.md §10.8)."""
+    """One pair, padded arrays ``[L, d]`` and masks ``[L]``."""
     p = m_c[:, None] * h_c
     q = m_r[:, None] * h_r
     cost = np.sqrt(((p[:, None, :] - q[None, :, :]) ** 2).sum(-1)) + 1e-6
@@ -64,8 +65,8 @@ def authors_weights(
 def random_batch(
     seed: int, *, batch: int = 3, seq: int = 24, equal: bool = False
 ) -> PairBatch:
-    """Hidden states offset by +3 (norms dominate the distances, §10.3), a prompt
-    of 2-6 positions, responses of 1-14 tokens (equal lengths if ``equal``)."""
+    """Hidden states offset by +3 (norms dominate the distances), a prompt of 2-6
+    positions, responses of 1-14 tokens (equal lengths if ``equal``)."""
     generator = torch.Generator().manual_seed(seed)
 
     def draw(lengths: list[int], starts: list[int]) -> Side:
@@ -137,8 +138,9 @@ def test_budget_and_exact_zeros(eps: float) -> None:
 
 @pytest.mark.parametrize("eps", [1.0, 0.1])
 def test_padded_and_sliced_agree(eps: float) -> None:
-    """Slicing out the valid tokens changes nothing when the normaliser keeps the
-    hidden-state norms (§10.3); the pairwise normaliser does change the weights."""
+    """Slicing out the valid tokens changes nothing when the sliced cost keeps the
+    hidden-state norms the padded one holds (both rows have prompt positions);
+    the pairwise normaliser does change the weights."""
     batch = random_batch(11, batch=1, seq=30)
     chosen, rejected = weighter(eps)(batch)
     m_c, m_r = batch.chosen.response_mask[0], batch.rejected.response_mask[0]
@@ -146,7 +148,7 @@ def test_padded_and_sliced_agree(eps: float) -> None:
     h_r = batch.rejected.hidden_states[:, m_r]
     ones_c = torch.ones(h_c.shape[:2], dtype=torch.bool)
     ones_r = torch.ones(h_r.shape[:2], dtype=torch.bool)
-    cost = transport_cost(h_c, h_r, ones_c, ones_r)
+    cost = transport_cost(h_c, h_r, ones_c, ones_r, normaliser="max_including_norms")
     plan = TorchSinkhorn()(
         cost, ones_c.double(), ones_r.double(), eps=eps, tau=(0.2, 0.2)
     )
@@ -155,6 +157,72 @@ def test_padded_and_sliced_agree(eps: float) -> None:
     assert_close(rejected[:, m_r], sliced_r, rtol=0.0, atol=1e-9)
     pairwise_c, _ = weighter(eps, normaliser="pairwise")(batch)
     assert float((pairwise_c - chosen).abs().max()) > 1e-3
+
+
+def _filled(batch: PairBatch, role: str) -> PairBatch:
+    """Row 0 of ``role`` becomes a response over every position: no masked row on
+    that side (a one-token prompt on the batch's longest sequence)."""
+    side = getattr(batch, role)
+    mask = side.response_mask.clone()
+    mask[0] = True
+    return dataclasses.replace(batch, **{role: side.replace(response_mask=mask)})
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.1])
+@pytest.mark.parametrize("roles", [("chosen",), ("rejected",), ("chosen", "rejected")])
+def test_a_side_without_masked_positions_keeps_the_authors_normaliser(
+    eps: float, roles: tuple[str, ...]
+) -> None:
+    """The padded maximum holds the opposite side's norms only through a zeroed
+    row. With none on ``roles`` the default follows the authors' pipeline, and
+    always counting both sides' norms moves the weights. The side whose norms
+    drop out is scaled by 3, so that its norms would be the maximum."""
+    batch = random_batch(4, batch=2, seq=18)
+    for role in roles:
+        batch = _filled(batch, role)
+        other = "rejected" if role == "chosen" else "chosen"
+        side = getattr(batch, other)
+        assert side.hidden_states is not None
+        batch = dataclasses.replace(
+            batch, **{other: side.replace(hidden_states=3.0 * side.hidden_states)}
+        )
+    expected_c, expected_r = oracle(batch, eps)
+    chosen, rejected = weighter(eps)(batch)
+    assert_close(chosen, expected_c, rtol=0.0, atol=1e-6)
+    assert_close(rejected, expected_r, rtol=0.0, atol=1e-6)
+    always_c, always_r = weighter(eps, normaliser="max_including_norms")(batch)
+    moved = torch.maximum((always_c - chosen).abs(), (always_r - rejected).abs())
+    assert float(moved[0].max()) > 1e-3
+    assert_close(always_c[1], chosen[1], rtol=0.0, atol=1e-9)  # row 1 has prompts
+
+
+def test_padding_a_full_row_changes_the_authors_normaliser_only() -> None:
+    """A padding column gives a full row a zeroed position, which (as in the
+    authors' padded grid) brings the other side's norms into the maximum; the
+    padding-independent ``"max_including_norms"`` does not move."""
+    batch = _filled(random_batch(4, batch=2, seq=18), "chosen")
+    rejected = batch.rejected
+    assert rejected.hidden_states is not None
+    batch = dataclasses.replace(
+        batch, rejected=rejected.replace(hidden_states=3.0 * rejected.hidden_states)
+    )
+
+    def widen(side: Side) -> Side:
+        def cat(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)
+
+        return Side(
+            policy_logps=cat(side.policy_logps),
+            response_mask=cat(side.response_mask),
+            hidden_states=cat(side.hidden_states),
+        )
+
+    wide = PairBatch(chosen=widen(batch.chosen), rejected=widen(batch.rejected))
+    padded, padded_wide = weighter(1.0)(batch)[0], weighter(1.0)(wide)[0]
+    assert float((padded_wide[0, :-1] - padded[0]).abs().max()) > 1e-3
+    assert_close(oracle(wide, 1.0)[0], padded_wide, rtol=0.0, atol=1e-6)
+    always = weighter(1.0, normaliser="max_including_norms")
+    assert_close(always(wide)[0][:, :-1], always(batch)[0], rtol=0.0, atol=1e-9)
 
 
 def test_more_padding_changes_nothing() -> None:
@@ -195,7 +263,7 @@ def test_uniform_budget_weights_are_min_over_length() -> None:
 def otpo_oracle_loss(
     batch: PairBatch, w_c: torch.Tensor, w_r: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """§10.7: softplus(-beta [(sum w lp_pol[c] - sum w lp_pol[r]) - (sum w lp_ref[c]
+    """softplus(-beta [(sum w lp_pol[c] - sum w lp_pol[r]) - (sum w lp_ref[c]
     - sum w lp_ref[r])]), the same weights on policy and reference, batch mean."""
     c, r = batch.chosen, batch.rejected
     pol = (w_c * c.policy_logps).sum(-1) - (w_r * r.policy_logps).sum(-1)
@@ -281,7 +349,7 @@ def test_float32_default_is_close_to_float64() -> None:
 
 def test_pot_version_trap_on_padded_input() -> None:
     """POT >= 0.9.5 defaults to reg_type="kl": on padded input it stops at
-    iteration 0 and the weights move (§10.5); the explicit entropy does not.
+    iteration 0 and the weights move; the explicit entropy does not.
     Measured on this batch: the kl weights differ by up to 0.18 at eps 0.1
     (0.0036 at eps 1), e.g. 0.500 vs 0.653 for one chosen token."""
     batch = random_batch(29, batch=2)
@@ -337,7 +405,8 @@ def test_recipe_trains_two_steps_on_a_tiny_model(tmp_path: Path) -> None:
     result = train("recipes/otpo.py", overrides, progress=False)
     assert result.step == 2
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    # training records only (evaluation records carry no loss)
+    records = [r for r in map(json.loads, lines) if "loss" in r]
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert all(math.isfinite(float(r["loss"])) for r in records)

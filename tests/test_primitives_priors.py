@@ -1,4 +1,5 @@
-r"""Priors against hand-worked :class:`PriorTerms` (``objective.md`` §4, §5).
+r"""Priors against hand-worked :class:`PriorTerms`
+(``docs/objective.md#the-general-token-factorised-prior``).
 
 Every test uses the same two pairs (``seq`` = 3; ``M`` the response mask):
 

@@ -1,4 +1,5 @@
-r"""Token weighters against hand-worked weights $w_t$ (``objective.md`` §4).
+r"""Token weighters against hand-worked weights $w_t$
+(``docs/objective.md#the-assembled-objective-and-its-slots``).
 
 Batch: chosen masks [[0, 1, 1], [1, 1, 1]] ($|y|$ = 2, 3), rejected masks
 [[0, 0, 1], [1, 1, 0]] ($|y|$ = 1, 2).

@@ -1,4 +1,4 @@
-"""The common battery over every shipped recipe (``style.md`` §8, layer 4).
+"""The common battery over every shipped recipe.
 
 Each recipe builds, has the module shape ``recipes.py`` promises, gives a finite
 scalar loss and finite gradients on a random batch, runs with every field it did
@@ -25,19 +25,35 @@ from mipo.training.recipes import Recipe, discover, load_recipe
 # The exact set of shipped recipes: update it when a recipe is added or removed.
 EXPECTED_RECIPES = frozenset(
     {
+        "aot",
+        "apo",
+        "bco",
         "cdpo",
+        "cpo",
+        "discopop",
         "dpo",
+        "exo",
+        "f_dpo",
         "hdpo",
         "ipo",
+        "ld_dpo",
+        "ln_dpo",
         "mi_dpo",
         "mi_dpo_learned_prior",
+        "mpo",
+        "nca",
+        "orpo",
         "otpo",
         "rdpo",
+        "rpo",
         "simpo",
+        "slic",
         "sparsepo",
+        "sppo",
         "tdpo",
         "ti_dpo",
         "tis_dpo",
+        "wpo",
     }
 )
 MAX_RECIPE_LINES = 40
@@ -120,7 +136,7 @@ def _code_lines(path: Path) -> int:
 
 
 def test_recipe_file_is_short_and_has_no_branches(recipe: Recipe) -> None:
-    """Recipes are declarative: < 40 non-blank non-comment lines (style.md §5), no ``if``
+    """Recipes are declarative: < 40 non-blank non-comment lines, no ``if``
     statement or conditional expression, no ``match``."""
     lines = _code_lines(recipe.path)
     assert lines < MAX_RECIPE_LINES, f"{recipe.path}: {lines} lines"
@@ -134,7 +150,7 @@ def test_recipe_file_is_short_and_has_no_branches(recipe: Recipe) -> None:
 
 
 def test_missing_recipe_name_lists_the_shipped_ones() -> None:
-    with pytest.raises(FileNotFoundError, match="shipped recipes: cdpo, dpo"):
+    with pytest.raises(FileNotFoundError, match="shipped recipes: aot, apo"):
         load_recipe("no_such_method")
 
 

@@ -8,7 +8,8 @@ Gradients are taken with respect to the policy logits of both roles. Each test's
 docstring names the ``proofs/`` page with the derivation.
 
 Where a claim is that gradients *differ* (detached priors, class G/S of
-``objective.md`` §5.1), the difference is asserted on the pre-link logit $z$:
+``docs/objective.md#exactness-classes``), the difference is asserted on the
+pre-link logit $z$:
 $\partial L/\partial\theta = \ell'(z)\,\partial z/\partial\theta$ shares the
 factor $\ell'(z)$, which can underflow for large $|z|$, so the gap is measured
 where the prior acts. Those properties draw bounded logits (|logit| <= 3) so
@@ -178,7 +179,7 @@ def test_reference_free_dpo_is_uniform_prior(pair: PairLogits, beta: float) -> N
     assert_same(loss, oracles.dpo_reference_free(*pair.oracle(), beta), pair)
 
 
-# ------------------------------------------------------------ links (§6)
+# ------------------------------------------------------------ links
 
 
 @given(pair=pair_logits(), beta=betas)

@@ -31,9 +31,9 @@ from mipo.services import (
     LearnedMasking,
     ReferenceSync,
 )
-from mipo.train import train
 from mipo.training.services import Service, service_class
 from mipo.training.services.reference_sync import REFERENCE_FILE, sync_reference
+from mipo.training.trainer import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

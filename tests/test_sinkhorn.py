@@ -1,4 +1,4 @@
-r"""The batched torch Sinkhorn against POT (methods.md §10.4–10.5).
+r"""The batched torch Sinkhorn against POT (``docs/recipe_notes/otpo.md``).
 
 POT itself is the oracle: ``ot.unbalanced.sinkhorn_unbalanced`` with
 ``method="sinkhorn_stabilized"`` and ``reg_type="entropy"`` (POT 0.9.4 semantics),

@@ -1,7 +1,7 @@
 """TI-DPO: the attribution-plus-prior token weights and the composed objective.
 
-Oracles are written here from methods.md §11.3 (2) and (4), per row in float64
-Python/NumPy, never by calling mipo.
+Oracles are written here from the released code (docs/recipe_notes/ti_dpo.md),
+per row in float64 Python/NumPy, never by calling mipo.
 """
 
 import math
@@ -12,6 +12,7 @@ import pytest
 import torch
 from builders import F64, pair_batches, random_batch, side
 from hypothesis import example, given
+from jaxtyping import TypeCheckError
 from torch.testing import assert_close
 
 from mipo import BatchError, CompositionError, Need, PairBatch, Side
@@ -33,18 +34,24 @@ BATCH_NEEDS = (
 def weights_oracle(
     scores: list[float], span: list[bool], lam: float, sigma_div: float
 ) -> list[float]:
-    """methods.md §11.3 (2) for one row, in float64 Python."""
+    """The released weight routine for one unshifted row, in float64 Python: over
+    the n positions of ``span``, w = n (lam s + (1 - lam) p) / sum(...), s the
+    positive scores normalised (the prior alone when none is positive), p the
+    normalised Gaussian with centre (n - 1)/2 and sigma max(1, n / max(1, d));
+    a span of at most one token gets 0."""
     positions = [t for t, inside in enumerate(span) if inside]
     n = len(positions)
+    out = [0.0] * len(span)
+    if n <= 1:
+        return out
     centre = (n - 1) / 2
-    sigma = max(1.0, n / sigma_div)
+    sigma = max(1.0, n / max(1.0, sigma_div))
     prior = [math.exp(-0.5 * ((k - centre) / sigma) ** 2) for k in range(n)]
     prior = [p / sum(prior) for p in prior]
     positive = [max(scores[t], 0.0) for t in positions]
     total = sum(positive)
     share = [s / total for s in positive] if total > 0 else prior
     mixed = [lam * s + (1 - lam) * p for s, p in zip(share, prior, strict=True)]
-    out = [0.0] * len(span)
     for k, t in enumerate(positions):
         out[t] = n * mixed[k] / sum(mixed)
     return out
@@ -53,14 +60,23 @@ def weights_oracle(
 def batch_weights_oracle(
     side_: Side, lam: float, sigma_div: float, span: str
 ) -> torch.Tensor:
-    mask = side_.response_mask if span == "response" else side_.sequence_mask
-    assert mask is not None and side_.attribution_scores is not None
-    rows = [
-        weights_oracle(scores, row_mask, lam, sigma_div)
-        for scores, row_mask in zip(
-            side_.attribution_scores.tolist(), mask.tolist(), strict=True
-        )
-    ]
+    """Per row. ``"sequence"``: rebuild the unshifted row (first token in front of
+    the shifted axis), weigh it as the released code does, drop column 0."""
+    assert side_.attribution_scores is not None
+    rows = []
+    for row, scores in enumerate(side_.attribution_scores.tolist()):
+        if span == "response":
+            rows.append(
+                weights_oracle(
+                    scores, side_.response_mask[row].tolist(), lam, sigma_div
+                )
+            )
+            continue
+        assert side_.sequence_mask is not None
+        assert side_.first_token_attribution is not None
+        unshifted = [float(side_.first_token_attribution[row])] + scores
+        valid = [True] + side_.sequence_mask[row].tolist()
+        rows.append(weights_oracle(unshifted, valid, lam, sigma_div)[1:])
     return torch.tensor(rows, dtype=F64)
 
 
@@ -129,7 +145,7 @@ def test_hand_worked_weights_mix_scores_and_prior() -> None:
 @given(
     batch=pair_batches(BATCH_NEEDS),
     lam=st.floats(0.0, 1.0),
-    sigma_div=st.floats(0.5, 16.0),
+    sigma_div=st.floats(1.0, 16.0),
     span=st.sampled_from(["response", "sequence"]),
 )
 def test_weights_match_a_float64_oracle(
@@ -145,27 +161,36 @@ def test_weights_match_a_float64_oracle(
 def test_weights_have_mean_one_over_the_span_and_vanish_outside(
     batch: PairBatch, span: str
 ) -> None:
+    """Response span: sum w = n (0 for a one-token response). Sequence span: the
+    n = |sequence mask| + 1 weights sum to n, the first token's included, so the
+    shifted ones sum to at most n."""
     weighter = GradientAttributionWeights(span=span)
     for role, weights in zip(("chosen", "rejected"), weighter(batch), strict=True):
         side_ = getattr(batch, role)
         mask = side_.response_mask if span == "response" else side_.sequence_mask
+        assert mask is not None
         assert bool((weights >= 0).all())
         assert bool((weights[~mask] == 0).all())
-        assert_close(weights.sum(-1), mask.sum(-1).to(F64))
+        n = mask.sum(-1).to(F64)
+        if span == "response":
+            assert_close(weights.sum(-1), torch.where(n > 1, n, 0.0))
+        else:
+            assert bool((weights.sum(-1) <= n + 1 + 1e-9).all())
+            assert bool((weights.sum(-1) >= 0.0).all())
 
 
-@given(batch=pair_batches(BATCH_NEEDS), sigma_div=st.floats(0.5, 16.0))
+@given(batch=pair_batches(BATCH_NEEDS), sigma_div=st.floats(1.0, 16.0))
 def test_lambda_zero_gives_the_position_prior_scaled_to_mean_one(
     batch: PairBatch, sigma_div: float
 ) -> None:
-    """lam = 0: w = n p whatever the scores (methods.md §11.9)."""
+    """lam = 0: w = n p whatever the scores; a one-token response gets 0."""
     chosen, _ = GradientAttributionWeights(lam=0.0, prior_sigma_div=sigma_div)(batch)
     expected = []
     for mask in batch.chosen.response_mask.tolist():
         n = sum(mask)
         sigma = max(1.0, n / sigma_div)
         prior = [math.exp(-0.5 * ((k - (n - 1) / 2) / sigma) ** 2) for k in range(n)]
-        values = iter([n * p / sum(prior) for p in prior])
+        values = iter([n * p / sum(prior) if n > 1 else 0.0 for p in prior])
         expected.append([next(values) if inside else 0.0 for inside in mask])
     assert_close(chosen, torch.tensor(expected, dtype=F64))
 
@@ -178,12 +203,19 @@ def test_lambda_zero_gives_the_position_prior_scaled_to_mean_one(
 def test_uniform_scores_with_lambda_one_give_unit_weights(
     batch: PairBatch, level: float, span: str
 ) -> None:
+    """Equal scores everywhere (the first token's too): s = 1/n, so w = 1 on the
+    span, except a one-token response span, which the released code zeroes."""
     uniform = batch.chosen.replace(
-        attribution_scores=torch.full_like(batch.chosen.policy_logps, level)
+        attribution_scores=torch.full_like(batch.chosen.policy_logps, level),
+        first_token_attribution=torch.full((batch.size,), level, dtype=F64),
     )
     weights = GradientAttributionWeights(lam=1.0, span=span).weigh(uniform)
     mask = uniform.response_mask if span == "response" else uniform.sequence_mask
-    assert_close(weights, mask.to(F64))
+    assert mask is not None
+    expected = mask.to(F64)
+    if span == "response":
+        expected = expected * (mask.sum(-1, keepdim=True) > 1)
+    assert_close(weights, expected)
 
 
 def test_non_positive_scores_fall_back_to_the_prior_alone() -> None:
@@ -194,6 +226,68 @@ def test_non_positive_scores_fall_back_to_the_prior_alone() -> None:
     prior_only = GradientAttributionWeights(lam=0.0).weigh(batch_side)
     for lam in (0.3, 1.0):
         assert_close(GradientAttributionWeights(lam=lam).weigh(batch_side), prior_only)
+
+
+def test_sequence_span_counts_the_first_token_as_the_released_code_does() -> None:
+    """Unshifted row of 4 tokens, scores (2 | 1, -2, 3), the first one in front of
+    the shifted axis; n = 4, d = 4: sigma = 1, centre 3/2, so
+    p = (1, e, e, 1) / (2 (1 + e)); s = (2, 1, 0, 3) / 6; lam = 1/2:
+    w = 2 (s + p), and the shifted weights are
+    (1/3 + e/(1+e), e/(1+e), 1 + 1/(1+e)) = (1.064392, 0.731059, 1.268941).
+    Without the first token (n = 3) they would be (0.786103, 0.677795, 1.536103)."""
+    batch_side = side(
+        [[-1.0, -1.0, -1.0]],
+        [[False, True, True]],
+        attribution_scores=[[1.0, -2.0, 3.0]],
+        sequence_mask=[[True, True, True]],
+        first_token_attribution=[2.0],
+    )
+    weights = GradientAttributionWeights(lam=0.5, span="sequence").weigh(batch_side)
+    e = math.e
+    expected = [1 / 3 + e / (1 + e), e / (1 + e), 1 + 1 / (1 + e)]
+    assert_close(weights, torch.tensor([expected], dtype=F64))
+    assert_close(
+        weights,
+        torch.tensor([[1.064392, 0.731059, 1.268941]], dtype=F64),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+def test_a_one_token_span_gets_weight_zero() -> None:
+    """The released routine zeroes a row whose span has at most one token; the
+    sequence span always has two (the first token and the response)."""
+    one = side(
+        [[-1.0, -1.0]],
+        [[False, True]],
+        attribution_scores=[[4.0, 2.0]],
+        sequence_mask=[[True, True]],
+        first_token_attribution=[1.0],
+    )
+    zero = torch.zeros(1, 2, dtype=F64)
+    assert_close(GradientAttributionWeights().weigh(one), zero)
+    sequence = GradientAttributionWeights(lam=1.0, span="sequence").weigh(one)
+    # n = 3 over scores (1 | 4, 2): w = 3 (1, 4, 2) / 7 -> shifted (12/7, 6/7)
+    assert_close(sequence, torch.tensor([[12 / 7, 6 / 7]], dtype=F64))
+
+
+def test_sequence_span_without_the_first_token_score_names_the_field() -> None:
+    batch_side = side(
+        [[-1.0, -1.0]], attribution_scores=[[1.0, 1.0]], sequence_mask=[[True, True]]
+    )
+    with pytest.raises(
+        BatchError, match=r"^first_token_attribution: .*span='sequence'"
+    ):
+        GradientAttributionWeights(span="sequence").weigh(batch_side)
+
+
+def test_a_per_row_field_of_the_wrong_shape_is_refused() -> None:
+    """One value per row, checked by Side itself (shape and length; jaxtyping
+    reports a wrong rank first under pytest)."""
+    base = side([[-1.0, -1.0], [-1.0, -1.0]])
+    for bad in (torch.zeros(3, dtype=F64), torch.zeros(2, dtype=torch.int64)):
+        with pytest.raises((BatchError, TypeCheckError), match="first_token_attr"):
+            base.replace(first_token_attribution=bad)
 
 
 def test_weights_carry_no_gradient() -> None:
@@ -217,6 +311,7 @@ def test_response_outside_the_sequence_mask_is_refused() -> None:
         [[True, True]],
         attribution_scores=[[1.0, 1.0]],
         sequence_mask=[[True, False]],
+        first_token_attribution=[1.0],
     )
     with pytest.raises(BatchError, match=r"rows \[0\] have response tokens outside"):
         GradientAttributionWeights(span="sequence").weigh(bad)
@@ -228,6 +323,7 @@ def test_response_outside_the_sequence_mask_is_refused() -> None:
         ({"lam": 1.5}, "lam"),
         ({"lam": -0.1}, "lam"),
         ({"prior_sigma_div": 0.0}, "prior_sigma_div"),
+        ({"prior_sigma_div": 0.5}, "prior_sigma_div"),
         ({"prior_sigma_div": math.inf}, "prior_sigma_div"),
     ],
 )
@@ -261,7 +357,8 @@ def test_recipe_needs_are_exactly_what_ti_dpo_reads() -> None:
 
 
 def test_recipe_defaults_are_the_paper_values() -> None:
-    """Table B13 (methods.md §11.4); margin: the code default (none in the paper)."""
+    """Table B13 (docs/recipe_notes/ti_dpo.md); margin: the code default (none in
+    the paper)."""
     assert TI_DPO.factory_defaults() == {
         "beta": 0.1,
         "alpha_tdpo": 0.5,
@@ -270,6 +367,7 @@ def test_recipe_defaults_are_the_paper_values() -> None:
         "prior_sigma_div": 4.0,
         "span": "response",
         "alpha_triplet": 0.1,
+        "anchor_tokens": 64,
     }
     (term,) = TI_DPO.objective.terms
     assert (term.name, term.weight, term.term.margin) == ("triplet", 0.1, 0.1)
@@ -303,7 +401,8 @@ def test_without_kl_and_triplet_ti_dpo_is_weighted_dpo(
 def test_with_unit_weights_ti_dpo_without_kl_and_triplet_is_dpo(
     batch: PairBatch, beta: float
 ) -> None:
-    """lam = 1 and uniform scores give w = 1: plain DPO (methods.md §11.9)."""
+    """lam = 1 and uniform scores give w = 1: plain DPO, except that the released
+    code gives a one-token response weight 0 (its log-ratio drops out)."""
     uniform = {
         role: getattr(batch, role).replace(
             attribution_scores=torch.ones_like(getattr(batch, role).policy_logps)
@@ -312,9 +411,8 @@ def test_with_unit_weights_ti_dpo_without_kl_and_triplet_is_dpo(
     }
     batch = PairBatch(**uniform)
     objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=1.0)
-    ones = tuple(
-        getattr(batch, r).response_mask.to(F64) for r in ("chosen", "rejected")
-    )
+    masks = (batch.chosen.response_mask, batch.rejected.response_mask)
+    ones = tuple(m.to(F64) * (m.sum(-1, keepdim=True) > 1) for m in masks)
     expected = weighted_tdpo2_oracle(batch, ones, beta, alpha=0.0)
     assert_close(objective(batch).loss.item(), expected, rtol=1e-9, atol=1e-10)
 
@@ -329,7 +427,7 @@ def test_without_triplet_ti_dpo_is_weighted_tdpo2(
     batch: PairBatch, beta: float, alpha: float
 ) -> None:
     """gamma = 0: the released base, TDPO2 with attribution weights on the
-    log-ratios and an unweighted forward KL (methods.md §11.3 (4))."""
+    log-ratios and an unweighted forward KL (docs/recipe_notes/ti_dpo.md)."""
     objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=alpha, gamma=0.0)
     weights = tuple(
         batch_weights_oracle(getattr(batch, role), 0.7, 4.0, "response")

@@ -60,8 +60,15 @@ def run(
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The training records of metrics.jsonl (evaluation records left out)."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [r for r in map(json.loads, lines) if "loss" in r]
+
+
+def read_evals(run_dir: Path) -> list[dict]:
+    """The evaluation records of metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "loss" not in r]
 
 
 def test_dpo_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
@@ -97,9 +104,22 @@ def test_dpo_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
     evaluation = json.loads((result.run_dir / "eval.json").read_text())
     assert evaluation["eval/pairs"] == 4
     assert 0.0 <= evaluation["eval/rewards/accuracies"] <= 1.0
-    assert 0.0 <= evaluation["eval/gold_accuracy_after"] <= 1.0
-    assert "eval/gold_accuracy_before" in evaluation
+    assert 0.0 <= evaluation["eval/gold_reward"] <= 1.0
+    low, high = evaluation["eval/gold_gain_low"], evaluation["eval/gold_gain_high"]
+    assert low <= evaluation["eval/gold_gain"] <= high
+    assert "eval/gold_reward_before" in evaluation
     assert "eval/kl_reverse_per_token" in evaluation
+    low, high = (
+        evaluation["eval/rewards/accuracies_low"],
+        evaluation["eval/rewards/accuracies_high"],
+    )
+    assert low <= evaluation["eval/rewards/accuracies"] <= high
+    # the evaluation before training (gold only) and the final one are logged too
+    assert [r["step"] for r in read_evals(result.run_dir)] == [0, 2]
+    assert read_evals(result.run_dir)[-1] == evaluation
+    scores = json.loads((result.run_dir / "eval_scores.json").read_text())
+    assert set(scores["gold"]) == {"0", "2"} and len(scores["gold"]["2"]) == 4
+    assert sum(scores["correct"]["2"]) / 4 == evaluation["eval/rewards/accuracies"]
     assert result.reference_forwards > 0
 
 
@@ -160,7 +180,7 @@ def test_tis_dpo_reads_token_weights_from_a_file(
         **{"train.dataset": str(data), "train.max_examples": 0},
     )
     assert result.step == 2
-    assert "eval/gold_accuracy_after" not in result.eval
+    assert "eval/gold_reward" not in result.eval
     assert TRL_KEYS <= set(read_metrics(result.run_dir)[-1])
 
 

@@ -1,4 +1,5 @@
-"""TIS-DPO weight transforms (methods.md §8.3) against hand-worked values."""
+"""TIS-DPO weight transforms against hand-worked values and float64 re-derivations
+of the authors' rules (``docs/recipe_notes/tis_dpo.md``)."""
 
 import hypothesis.strategies as st
 import pytest
@@ -84,13 +85,53 @@ def test_top_fraction_default_is_all_ones_trap() -> None:
 
 
 def test_top_fraction_half_keeps_the_upper_half_and_ties() -> None:
-    """Median of [1, 2, 3, 4] is 2.5: [0, 0, 1, 1]. For [1, 3, 3, 0] the median is
-    2, so both 3s (a tie) get 1."""
+    """K = floor(4 * 50 / 100) = 2: [1, 2, 3, 4] -> [0, 0, 1, 1]. For [1, 3, 3, 0]
+    the two 3s fill slots 0 and 1 < K, so both get 1."""
     scores, mask = _row([1.0, 2.0, 3.0, 4.0])
     half = TopFractionTransform(top_percent=50.0)
     assert_close(half(scores, mask), torch.tensor([[0.0, 0.0, 1.0, 1.0]], dtype=F64))
     scores, mask = _row([1.0, 3.0, 3.0, 0.0])
     assert_close(half(scores, mask), torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=F64))
+
+
+def test_top_fraction_tie_across_the_cut_takes_the_last_tied_slot() -> None:
+    """[3, 3, 1] at 50 %: K = floor(1.5) = 1; sorted descending the 3s fill slots
+    0 and 1, and the last of them (1) is not < K, so both 3s get 0: no token at
+    all is kept. [5, 2, 2, 2, 1] at 60 %: K = 3, the 2s fill slots 1..3, so only
+    the 5 is kept. Padding stays 0."""
+    scores, mask = _row([3.0, 3.0, 1.0])
+    zeros = torch.zeros(1, 3, dtype=F64)
+    assert_close(TopFractionTransform(top_percent=50.0)(scores, mask), zeros)
+    scores, mask = _row([5.0, 2.0, 2.0, 2.0, 1.0, 9.0], valid=5)
+    expected = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=F64)
+    assert_close(TopFractionTransform(top_percent=60.0)(scores, mask), expected)
+
+
+def top_fraction_oracle(values: list[float], top_percent: float) -> list[float]:
+    """The authors' rule, re-derived: walk the values in descending order, slot
+    i holding 1 if i < int(n p / 100) else 0; a later slot of an equal value
+    overwrites an earlier one; then read each value's entry."""
+    cut = int(len(values) * top_percent / 100)
+    entry: dict[float, float] = {}
+    for slot, value in enumerate(sorted(values, reverse=True)):
+        entry[value] = 1.0 if slot < cut else 0.0
+    return [entry[value] for value in values]
+
+
+@given(
+    values=st.lists(st.sampled_from([-1.5, -0.25, 0.0, 0.5, 2.0, 3.75]), max_size=12)
+    | st.lists(st.floats(-5.0, 5.0), max_size=12),
+    top_percent=st.floats(0.5, 100.0) | st.sampled_from([10.0, 33.0, 50.0, 70.0]),
+    padding=st.integers(0, 3),
+)
+def test_top_fraction_matches_the_authors_rule(
+    values: list[float], top_percent: float, padding: int
+) -> None:
+    row = [*values, *[7.0] * padding]
+    scores, mask = _row(row, valid=len(values))
+    weights = TopFractionTransform(top_percent=top_percent)(scores, mask)
+    expected = top_fraction_oracle(values, top_percent) + [0.0] * padding
+    assert weights[0].tolist() == expected
 
 
 def test_random_transform_is_bounded_and_repeatable() -> None:

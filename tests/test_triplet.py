@@ -1,4 +1,5 @@
-"""LogRatioTriplet against a per-row float64 oracle written from methods.md §11.3 (5).
+"""LogRatioTriplet against a per-row float64 oracle of the released triplet term
+(``docs/recipe_notes/ti_dpo.md``).
 
 The oracle extracts each response's log-ratios with a Python loop (token k of the
 response is its k-th masked position) and sums squared differences up to the
@@ -107,7 +108,7 @@ def test_hand_worked_value_and_gradient() -> None:
     assert_close(rejected, torch.tensor([[-3.0, 0.0, 0.0, 0.0]], dtype=F64))
 
 
-@given(batch=pair_batches(NEEDS), margin=st.floats(-1.0, 50.0))
+@given(batch=pair_batches(NEEDS), margin=st.floats(1e-6, 50.0))
 def test_value_and_gradient_match_the_oracle(batch: PairBatch, margin: float) -> None:
     mipo_batch, oracle_batch = _live(batch), _live(batch)
     value = LogRatioTriplet(margin=margin)(mipo_batch)
@@ -136,7 +137,7 @@ def test_triplet_is_zero_when_the_anchor_equals_chosen_and_rejected_is_far(
     batch: PairBatch,
 ) -> None:
     """anchor = chosen: D+ = 0. Rejected shifted by 1 on every token: D- =
-    min(|a|, |y_l|) >= 1 > margin 0.5, so T = 0 (methods.md §11.9)."""
+    min(|a|, |y_l|) >= 1 > margin 0.5, so T = 0."""
     chosen = batch.chosen
     assert chosen.reference_logps is not None
     rejected = chosen.replace(reference_logps=chosen.reference_logps + 1.0)
@@ -146,8 +147,16 @@ def test_triplet_is_zero_when_the_anchor_equals_chosen_and_rejected_is_far(
 
 
 def test_inactive_hinge_gives_zero_gradient() -> None:
-    batch = _live(random_batch(NEEDS, seed=5))
-    LogRatioTriplet(margin=-1e6)(batch).sum().backward()
+    """anchor = chosen (D+ = 0), rejected log-ratios 10 away (D- >= 100): the
+    hinge at margin 1 is inactive, so no input gets a gradient."""
+    base = random_batch(NEEDS, seed=5)
+    chosen = base.chosen
+    assert chosen.reference_logps is not None
+    far = chosen.replace(reference_logps=chosen.reference_logps + 10.0)
+    batch = _live(PairBatch(chosen=chosen, rejected=far, anchor=chosen))
+    value = LogRatioTriplet(margin=1.0)(batch)
+    assert_close(value, torch.zeros_like(value))
+    value.sum().backward()
     for grad in _grads(batch):
         assert_close(grad, torch.zeros_like(grad))
 
@@ -173,9 +182,13 @@ def test_missing_anchor_or_anchor_reference_names_the_field() -> None:
         )
 
 
-def test_non_finite_margin_is_refused() -> None:
-    with pytest.raises(CompositionError, match="LogRatioTriplet.margin"):
-        LogRatioTriplet(margin=float("nan"))
+@pytest.mark.parametrize("margin", [float("nan"), float("inf"), 0.0, -0.5])
+def test_a_margin_the_released_code_would_skip_is_refused(margin: float) -> None:
+    """The release computes the term only for a margin > 0; at 0 it drops it,
+    where relu(D+ - D-) would still train. mipo refuses and says how to switch
+    the term off."""
+    with pytest.raises(CompositionError, match=r"LogRatioTriplet.margin: .*gamma=0"):
+        LogRatioTriplet(margin=margin)
 
 
 @pytest.mark.parametrize(

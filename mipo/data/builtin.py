@@ -1,9 +1,9 @@
 """``builtin:arithmetic``: a generated preference task with a programmatic gold reward.
 
 Why this task: the offline machines have no API judge and no reward model, so a
-win rate needs a reward that code can compute (``ecosystem.md`` Section 7.2, item
-4). Arithmetic correctness is such a reward, unambiguous and cheap; answers are a
-few tokens long, so a DPO step on CPU costs little; and there is room to improve.
+win rate needs a reward that code can compute. Arithmetic correctness is such a
+reward, unambiguous and cheap; answers are a few tokens long, so a DPO step on CPU
+costs little; and there is room to improve.
 Measured on 60 prompts (seed 123) with greedy decoding: SmolLM2-135M-Instruct
 restates the question ("44 + 21 = 65") instead of giving the number alone, so it
 scores 0/60 under :func:`gold_reward`; the number after its "=" is right in 12/60;
@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl
 
 from mipo.data.errors import DataError
 from mipo.data.records import PreferenceRecord
+from mipo.data.sentiment import sentiment_records, sentiment_reward
 
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_SIZE = 600
@@ -102,7 +103,9 @@ def arithmetic_records(
 ) -> list[PreferenceRecord]:
     """Generate ``n`` arithmetic preference pairs, deterministically in ``seed``."""
     if n <= 0:
-        raise DataError(f"builtin:arithmetic: n must be > 0, got {n}")
+        raise DataError(
+            f"n must be > 0, got {n}", file="builtin:arithmetic", fix="use n >= 1"
+        )
     rng = random.Random(seed)
     records = []
     for index in range(n):
@@ -126,8 +129,24 @@ def arithmetic_records(
 
 
 _TASKS: dict[str, Callable[..., list[PreferenceRecord]]] = {
-    "arithmetic": arithmetic_records
+    "arithmetic": arithmetic_records,
+    "sentiment": sentiment_records,
 }
+
+GOLD_REWARDS: dict[str, Callable[[str, str], float]] = {
+    "arithmetic": gold_reward,
+    "sentiment": sentiment_reward,
+}
+"""Each built-in task's gold reward ``(prompt, answer) -> float``."""
+
+
+def builtin_gold_reward(spec: str) -> Callable[[str, str], float] | None:
+    """The gold reward of the built-in task ``spec`` names (``None`` for any other
+    data set)."""
+    if not spec.startswith(BUILTIN_PREFIX):
+        return None
+    name = spec.removeprefix(BUILTIN_PREFIX).partition("?")[0]
+    return GOLD_REWARDS.get(name)
 
 
 def load_builtin(spec: str) -> list[PreferenceRecord]:
@@ -135,17 +154,21 @@ def load_builtin(spec: str) -> list[PreferenceRecord]:
     name, _, query = spec.removeprefix(BUILTIN_PREFIX).partition("?")
     if name not in _TASKS:
         raise DataError(
-            f"{spec}: unknown built-in task '{name}' (known: {sorted(_TASKS)})"
+            f"unknown built-in task '{name}'",
+            file=spec,
+            fix=f"use one of {', '.join(sorted(_TASKS))}",
         )
     options: dict[str, int] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if key not in ("n", "seed"):
-            raise DataError(f"{spec}: unknown option '{key}' (known: n, seed)")
+            raise DataError(f"unknown option '{key}'", file=spec, fix="use n and seed")
         try:
             options[key] = int(value)
         except ValueError:
             raise DataError(
-                f"{spec}: option '{key}' must be an integer, got {value!r}"
+                f"option '{key}' must be an integer, got {value!r}",
+                file=spec,
+                fix=f"write {key}=INTEGER",
             ) from None
     return _TASKS[name](**options)
 
@@ -153,7 +176,9 @@ def load_builtin(spec: str) -> list[PreferenceRecord]:
 __all__ = [
     "BUILTIN_PREFIX",
     "DEFAULT_SIZE",
+    "GOLD_REWARDS",
     "arithmetic_records",
+    "builtin_gold_reward",
     "gold_reward",
     "load_builtin",
 ]

@@ -1,14 +1,10 @@
-"""The one exception the data pipeline raises for bad input."""
+"""The error and warning the data pipeline raises for bad input.
 
+Both live in :mod:`mipo.errors` (with the library's other exceptions); they are
+re-exported here for the data modules and older imports.
+"""
 
-class DataError(ValueError):
-    """A preference record is malformed.
+from mipo.errors import DataError as DataError
+from mipo.errors import DataWarning as DataWarning
 
-    The message always starts with where the record came from (``FILE:LINE`` for
-    JSON lines, ``FILE[INDEX]`` for a JSON array, ``builtin:...[INDEX]`` for the
-    built-in task) and names the offending field, so one message is enough to find
-    and fix the row.
-    """
-
-
-__all__ = ["DataError"]
+__all__ = ["DataError", "DataWarning"]

@@ -37,8 +37,11 @@ class PreferenceRecord:
         example_weight: a per-pair weight from the data (the ``weight`` column).
         gold: the gold answer, for tasks with a programmatic reward
             (:mod:`mipo.data.builtin`).
-        source: where the record came from, ``FILE:LINE`` (JSON lines, 1-based),
-            ``FILE[INDEX]`` (JSON array, 0-based) or ``builtin:NAME[INDEX]``;
+        source: where the record came from: ``FILE:LINE`` for text files (the
+            line the row starts on, 1-based; ``FILE:LINE:COLUMN`` when several
+            rows of a JSON array share a line), ``FILE:ROW`` for Parquet and
+            ``NAME[SPLIT]:ROW`` for data sets (rows numbered from 1), ``<rows>:ROW``
+            for a Python list, ``builtin:NAME[INDEX]`` for the built-in task;
             every later error about this record quotes it.
     """
 

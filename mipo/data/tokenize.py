@@ -121,9 +121,11 @@ def encode_record(
         ]
         prompt_ids = _ids(tokenizer, record.prompt, special=True)
     if not prompt_ids:
-        raise DataError(
-            f"{source}: field 'prompt' tokenises to no tokens; the first response "
-            "token needs a preceding state"
+        raise DataError.at(
+            source,
+            "tokenises to no tokens; the first response token needs a token before it",
+            field="prompt",
+            fix="give a non-empty prompt",
         )
     chosen_ids, rejected_ids = (
         _with_eos(_ids(tokenizer, text, special=False), eos) for text in completions
@@ -162,8 +164,11 @@ def encode_record(
 
 def _as_string(value: Text, field: str, source: str) -> str:
     if not isinstance(value, str):
-        raise DataError(
-            f"{source}: field '{field}' is a message list but 'prompt' is a string"
+        raise DataError.at(
+            source,
+            "is a message list but 'prompt' is a string",
+            field=field,
+            fix="use messages for all three or strings for all three",
         )
     return value
 
@@ -183,17 +188,23 @@ def _template(
             messages, add_generation_prompt=generation, tokenize=False
         )
     except ValueError as error:  # transformers raises ValueError without a template
-        raise DataError(
-            f"{source}: conversational record but the tokenizer cannot apply a chat "
-            f"template ({error})"
+        raise DataError.at(
+            source,
+            f"conversational record but the tokenizer cannot apply a chat template "
+            f"({error})",
+            fix="use a tokenizer with a chat template, or plain-string rows",
         ) from error
     except TemplateError as error:  # raised by templates that police their input
-        raise DataError(
-            f"{source}: the chat template rejected the messages ({error})"
+        raise DataError.at(
+            source,
+            f"the chat template rejected the messages ({error})",
+            fix="fix the roles or order of the messages",
         ) from error
     if not isinstance(text, str):
-        raise DataError(
-            f"{source}: apply_chat_template returned {type(text).__name__}, not text"
+        raise DataError.at(
+            source,
+            f"apply_chat_template returned {type(text).__name__}, not text",
+            fix="use a tokenizer whose chat template renders text",
         )
     return text
 
@@ -212,10 +223,13 @@ def _completion_text(
         )
     full = _template(tokenizer, prompt + response, source, generation=False)
     if not full.startswith(prompt_text):
-        raise DataError(
-            f"{source}: field '{field}': the chat template of prompt + response does "
-            "not start with the templated prompt (with the generation prompt), so the "
-            "completion cannot be separated from the prompt"
+        raise DataError.at(
+            source,
+            "the chat template of prompt + response does not start with the "
+            "templated prompt (with the generation prompt), so the completion cannot "
+            "be separated from the prompt",
+            field=field,
+            fix="use a chat template whose generation prompt is a prefix",
         )
     completion = full[len(prompt_text) :]
     end_of_turn = tokenizer.eos_token
@@ -248,10 +262,12 @@ def _aligned(
         return list(values)
     if len(values) == length - 1:
         return [*values, 0.0]
-    raise DataError(
-        f"{source}: field '{field}' has {len(values)} weights but the completion has "
-        f"{length} tokens (EOS included; {length - 1} is also accepted and gets EOS "
-        "weight 0)"
+    raise DataError.at(
+        source,
+        f"has {len(values)} weights but the completion has {length} tokens (EOS "
+        f"included; {length - 1} is also accepted and gets EOS weight 0)",
+        field=field,
+        fix="give one weight per completion token of this tokenizer",
     )
 
 

@@ -12,14 +12,24 @@ $$ w_k = n\,\frac{\lambda s_k + (1 - \lambda) p_k}
                {\sum_j \big(\lambda s_j + (1 - \lambda) p_j\big)} , $$
 
 so the weights have mean 1 over the span and are 0 outside it. When every score
-is $\le 0$ ($\sum_j \max(I_j, 0) = 0$) the prior is used alone ($s = p$). The
-weights are constants (detached).
+is $\le 0$ ($\sum_j \max(I_j, 0) = 0$) the prior is used alone ($s = p$). A span
+of at most one position gets weight 0, as in the released code. The weights are
+constants (detached).
+
+The ``"sequence"`` span is the released code's: every non-padding token of the
+*unshifted* row, the first prompt token included. That token predicts nothing,
+so it has no place on mipo's shifted axis; its score travels in
+``Side.first_token_attribution`` and it takes index $k = 0$, counts in $n$ and
+in $\sum_j \max(I_j, 0)$, and its own weight is dropped afterwards, exactly as
+the code drops the weights' first column.
 
 References:
     Yang et al., arXiv 2505.19653 v3, Sec. 4.2, Eq. 7-8 ($\sigma = T/4$, i.e.
-    $d = 4$); released code ``gradient_attribution.py`` at ``e04a0926`` (the
-    normalisation of $p$, the mean-1 rescale and the $\sigma \ge 1$ floor are
-    the code's; the paper does not state them). methods.md §11.1, §11.3 (2)-(3).
+    $d = 4$); released code ``trainers.py``
+    (``_compute_token_importance_weights``) at ``e04a0926``: the normalisation of
+    $p$, the mean-1 rescale, the $\sigma \ge 1$ floor, the $d \ge 1$ clamp and the
+    zero weights of a one-token span are the code's; the paper does not state
+    them. Notes: ``docs/recipe_notes/ti_dpo.md``.
 """
 
 import math
@@ -45,19 +55,15 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
     Args:
         lam: $\lambda \in [0, 1]$, the share of the attribution scores (1: scores
             only, 0: the position prior only).
-        prior_sigma_div: $d$ in $\sigma = \max(1, n/d)$; 4 is the paper's
-            $\sigma = T/4$ (Eq. 7), 8 the released ``tidpo.yaml``.
+        prior_sigma_div: $d \ge 1$ in $\sigma = \max(1, n/d)$; 4 is the paper's
+            $\sigma = T/4$ (Eq. 7), 8 the released ``tidpo.yaml``. Values below 1
+            are refused: the released code silently raises them to 1.
         span: the positions the weights are spread over. ``"response"`` (the
             paper's intent): the response tokens, EOS included. ``"sequence"``
-            (the released code): every non-padding position of the shifted axis,
-            prompt included; only the response weights enter the loss, so their
-            total then depends on the prompt length.
-
-    Note:
-        On the shifted axis the first prompt token is no label, so the
-        ``"sequence"`` span starts at the second token; the released code also
-        counts the first token in $n$ and in $\sum_j \max(I_j, 0)$. The
-        difference is one prompt token per row.
+            (the released code): every non-padding token of the row, the first
+            prompt token included (read from ``first_token_attribution``); only
+            the response weights enter the loss, so their total then depends on
+            the prompt length.
 
     Example:
         >>> import torch
@@ -69,7 +75,7 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
         tensor([[0.0000, 0.5000, 1.5000]])
 
     References:
-        arXiv 2505.19653 v3, Eq. 7-8; methods.md §11.3 (2)-(3), §11.8.
+        arXiv 2505.19653 v3, Eq. 7-8; ``docs/recipe_notes/ti_dpo.md``.
     """
 
     lam: float = 0.7
@@ -81,10 +87,11 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
             raise CompositionError(
                 f"GradientAttributionWeights.lam: must be in [0, 1], got {self.lam}"
             )
-        if not (math.isfinite(self.prior_sigma_div) and self.prior_sigma_div > 0.0):
+        if not (math.isfinite(self.prior_sigma_div) and self.prior_sigma_div >= 1.0):
             raise CompositionError(
-                "GradientAttributionWeights.prior_sigma_div: must be finite and > 0, "
-                f"got {self.prior_sigma_div}"
+                "GradientAttributionWeights.prior_sigma_div: must be finite and >= 1 "
+                "(the released code raises smaller values to 1), got "
+                f"{self.prior_sigma_div}"
             )
         if self.span not in ("response", "sequence"):
             raise CompositionError(
@@ -109,34 +116,47 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
                 "attribution_scores: GradientAttributionWeights needs the policy's "
                 "attribution scores"
             )
-        span = self._span(side)
         # Everything below is a constant: the weights carry no gradient.
         scores = scores.detach()
+        span, lead = self._span(side)
         zero = torch.zeros_like(scores)
-        n = span.sum(dim=-1, keepdim=True).to(scores.dtype)
-        # k: the index of each position within its row's span (0 .. n-1).
-        k = torch.cumsum(span.to(scores.dtype), dim=-1) - 1.0
-        centre = (n - 1.0) / 2.0
-        sigma = (n / self.prior_sigma_div).clamp(min=1.0)
-        prior = torch.where(span, torch.exp(-0.5 * ((k - centre) / sigma) ** 2), zero)
-        prior = prior / prior.sum(dim=-1, keepdim=True)
+        # ``lead`` (0 or 1 per row) is the first token of the "sequence" span: it
+        # has index 0 and enters every sum, but holds no place on the shifted axis.
+        has_lead = (lead is not None) * 1.0
+        n = span.sum(dim=-1).to(scores.dtype) + has_lead
+        k = torch.cumsum(span.to(scores.dtype), dim=-1) - 1.0 + has_lead
+        centre = ((n - 1.0) / 2.0)[:, None]
+        sigma = (n / self.prior_sigma_div).clamp(min=1.0)[:, None]
+        gauss = torch.where(span, torch.exp(-0.5 * ((k - centre) / sigma) ** 2), zero)
+        lead_gauss = has_lead * torch.exp(-0.5 * (centre[:, 0] / sigma[:, 0]) ** 2)
+        gauss_total = gauss.sum(dim=-1) + lead_gauss
+        prior, lead_prior = gauss / gauss_total[:, None], lead_gauss / gauss_total
         positive = torch.where(span, scores.clamp(min=0.0), zero)
-        total = positive.sum(dim=-1, keepdim=True)
+        lead_positive = zero[:, 0] if lead is None else lead.detach().clamp(min=0.0)
+        total = positive.sum(dim=-1) + lead_positive
         has_mass = total > 0.0
-        share = torch.where(
-            has_mass, positive / torch.where(has_mass, total, 1.0), prior
-        )
+        safe = torch.where(has_mass, total, torch.ones_like(total))
+        share = torch.where(has_mass[:, None], positive / safe[:, None], prior)
+        lead_share = torch.where(has_mass, lead_positive / safe, lead_prior)
         mixed = self.lam * share + (1.0 - self.lam) * prior
-        weights = n * mixed / mixed.sum(dim=-1, keepdim=True)
-        return torch.where(span, weights, zero)
+        lead_mixed = self.lam * lead_share + (1.0 - self.lam) * lead_prior
+        scale = n / (mixed.sum(dim=-1) + has_lead * lead_mixed)
+        weights = torch.where(span, mixed * scale[:, None], zero)
+        # the released code gives a span of at most one token weight 0
+        return torch.where((n > 1.0)[:, None], weights, zero)
 
-    def _span(self, side: Side) -> torch.Tensor:
+    def _span(self, side: Side) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.span == "response":
-            return side.response_mask
+            return side.response_mask, None
         if side.sequence_mask is None:
             raise BatchError(
                 "sequence_mask: GradientAttributionWeights(span='sequence') needs the "
                 "non-padding mask"
+            )
+        if side.first_token_attribution is None:
+            raise BatchError(
+                "first_token_attribution: GradientAttributionWeights(span='sequence') "
+                "needs the score of each row's first token (the trainer supplies it)"
             )
         outside = side.response_mask & ~side.sequence_mask
         bad = outside.any(dim=-1).nonzero().flatten().tolist()
@@ -145,7 +165,7 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
                 f"sequence_mask: rows {bad} have response tokens outside the sequence "
                 f"mask"
             )
-        return side.sequence_mask
+        return side.sequence_mask, side.first_token_attribution
 
 
 __all__ = ["GradientAttributionWeights"]

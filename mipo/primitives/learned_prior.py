@@ -10,23 +10,26 @@ current policy for the batch prompts and fits $\phi$ by maximum likelihood,
 $$ \max_\phi\; E_{x,\;y\sim\pi_\theta(\cdot|x)} \sum_t \log\zeta_\phi(y_t|s_t), $$
 
 the prior step $\zeta \leftarrow \arg\min_\zeta E_x\,\mathrm{KL}(\pi\|\zeta)$ of
-the alternation (``objective.md`` §3(d), §7.3) restricted to this family. The
-policy step is ordinary training on $J$ with $\mathrm{sg}[\zeta_\phi]$:
+the alternation (``docs/objective.md#the-prior-step-blahut-arimoto``) restricted
+to this family. The policy step is ordinary training on $J$ with
+$\mathrm{sg}[\zeta_\phi]$:
 $l_t = \log\pi_\theta(y_t|s_t) - \log\zeta_\phi(y_t|s_t)$. The prior never
-receives a gradient from $J$ (that is degenerate, §7.2): log-probs that carry a
-gradient are refused, as by :class:`~mipo.primitives.BatchPrior`.
+receives a gradient from $J$ (that is degenerate,
+``docs/objective.md#the-degeneracy``): log-probs that carry a gradient are refused,
+as by :class:`~mipo.primitives.BatchPrior`.
 
 $\phi$ is shared by all prompts, so it can only move mass that the policy
 moves on average over prompts: the prompt-independent part of the policy's
 drift, the part a mutual-information prior captures. With $\phi$ alone the
 family still depends on $x$ through $o^{ref}$, so $J$ is a KL to a learned,
-prompt-dependent prior, not literally a mutual information (§9 item 6).
+prompt-dependent prior, not literally a mutual information
+(``docs/objective.md#what-is-and-is-not-a-mutual-information``).
 
 References:
     Tutnov, Grosnit, Bou-Ammar, arXiv 2501.01544 ("learnable priors");
     Grau-Moya, Leibfried, Vrancx, ICLR 2019 (the marginal as optimal prior);
-    ``objective.md`` §7.3–7.5. The parametrisation is mipo's own suggestion
-    (§7.4), not the paper's.
+    ``docs/objective.md#learning-a-prior``. The parametrisation is mipo's own
+    suggestion (``docs/objective.md#parametrisations``), not the paper's.
 """
 
 import math
@@ -92,7 +95,8 @@ class MarginalFitPrior(AbstractSequencePrior):
         )
 
     def terms(self, side: Side) -> PriorTerms:
-        # the same refusal of a live prior as BatchPrior (objective.md §7.2)
+        # the same refusal of a live prior as BatchPrior
+        # (docs/objective.md#the-degeneracy)
         return BatchPrior().terms(side)
 
 

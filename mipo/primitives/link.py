@@ -3,23 +3,27 @@ r"""Links: the per-pair loss as a function of the logit $z$.
 $z = \beta[r(y_w) - r(y_l)] - m$ is already scaled; links that need $\beta$
 itself (IPO's target) receive it as a keyword. Only :class:`LogSigmoidLink`
 keeps the MI-DPO form; the others are what a prior cannot express
-(``objective.md`` §6).
+(``docs/objective.md#what-a-prior-cannot-express``).
 """
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import final
 
 import torch
 import torch.nn.functional as F
 
+from mipo.batch import PairBatch
 from mipo.errors import CompositionError
 from mipo.needs import NO_NEEDS, Need
+from mipo.primitives.pair_link import AbstractPairLink, PairRewards
 from mipo.typing import PerPair
 
 
-class AbstractLink(abc.ABC):
-    """Per-pair loss from the scaled logit z."""
+class AbstractLink(AbstractPairLink):
+    """Per-pair loss from the scaled logit z alone: a pair link that reads
+    ``rewards.logits`` and nothing else."""
 
     @property
     def needs(self) -> frozenset[Need]:
@@ -29,6 +33,13 @@ class AbstractLink(abc.ABC):
     @abc.abstractmethod
     def __call__(self, logits: PerPair, *, beta: float) -> PerPair:
         """The loss of each pair."""
+
+    def pair_loss(
+        self, rewards: PairRewards, batch: PairBatch, *, beta: float
+    ) -> PerPair:
+        """``self(rewards.logits, beta=beta)``."""
+        del batch
+        return self(rewards.logits, beta=beta)
 
 
 @final
@@ -144,8 +155,76 @@ class HingeLink(AbstractLink):
         return torch.relu(1.0 - logits)
 
 
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExoLink(AbstractLink):
+    r"""EXO's pairwise loss: $\mathrm{KL}(q_\theta \,\|\, p_\varepsilon)$ over the
+    two outcomes {chosen wins, rejected wins}.
+
+    $$ \ell(z) = \sigma(z)\,[\log\sigma(z) - \log(1-\varepsilon)]
+               + \sigma(-z)\,[\log\sigma(-z) - \log\varepsilon], $$
+
+    $q_\theta = (\sigma(z), \sigma(-z))$ the policy's two-way distribution and
+    $p_\varepsilon = (1-\varepsilon, \varepsilon)$ the smoothed label. Its minimum
+    over $z$ is 0, at $\sigma(z) = 1 - \varepsilon$.
+
+    Args:
+        epsilon: label smoothing, $0 < \varepsilon < 0.5$ (the paper suggests 1e-3).
+
+    References:
+        Ji et al. (EXO), arXiv 2402.00856, Eq. 16 with K = 2; TRL
+        ``loss_type="exo_pair"`` (``label_smoothing`` is its epsilon).
+    """
+
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.epsilon < 0.5:
+            raise CompositionError(
+                f"ExoLink: epsilon must be in (0, 0.5), got {self.epsilon}"
+            )
+
+    def __call__(self, logits: PerPair, *, beta: float) -> PerPair:
+        del beta
+        log_win, log_lose = F.logsigmoid(logits), F.logsigmoid(-logits)
+        return log_win.exp() * (
+            log_win - math.log1p(-self.epsilon)
+        ) + log_lose.exp() * (log_lose - math.log(self.epsilon))
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DiscoPOPLink(AbstractLink):
+    r"""DiscoPOP's log-ratio modulated loss: a logistic/exponential blend.
+
+    $$ \ell(z) = (1 - \sigma(z/\tau))\,[-\log\sigma(z)] + \sigma(z/\tau)\,e^{-z}. $$
+
+    Args:
+        tau: temperature of the blend, $> 0$ (0.05 in the paper).
+
+    References:
+        Lu et al. (DiscoPOP), arXiv 2406.08414, Eq. 5; TRL
+        ``loss_type="discopop"`` with ``discopop_tau``.
+    """
+
+    tau: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise CompositionError(f"DiscoPOPLink: tau must be > 0, got {self.tau}")
+
+    def __call__(self, logits: PerPair, *, beta: float) -> PerPair:
+        del beta
+        scaled = logits / self.tau
+        logistic = torch.sigmoid(-scaled) * _neg_log_sigmoid(logits)
+        # sigma(z/tau) e^{-z} as one exponential: finite where e^{-z} alone overflows
+        return logistic + torch.exp(F.logsigmoid(scaled) - logits)
+
+
 __all__ = [
     "AbstractLink",
+    "DiscoPOPLink",
+    "ExoLink",
     "HingeLink",
     "IPOLink",
     "LabelSmoothedLink",

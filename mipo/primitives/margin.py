@@ -74,7 +74,7 @@ class LengthDifferenceMargin(AbstractMargin):
     R-DPO's length regulariser in margin form; lengths in tokens, EOS included.
     Equal to the length-penalised reference prior with rate $\alpha_{len}/\beta$
     (``proofs/rdpo_margin_is_length_prior.md``). The sign is unverified against
-    the R-DPO PDF (``methods.md`` §5).
+    the R-DPO PDF (``docs/recipe_notes/rdpo.md``).
 
     Args:
         alpha_len: $\alpha_{len}$.

@@ -19,8 +19,8 @@ $$ \log\zeta(y) = \sum_t\big[(1-m^u_t)\log\pi_\theta(y_t|s_t) + m^u_t\log\pi_{re
 
 References:
     Christopoulou et al., "SparsePO: Controlling Preference Alignment of LLMs via
-    Sparse Token Masks", arXiv 2410.05102, §3; ``methods.md`` §9.2, §9.3;
-    ``objective.md`` §5.3 (SparsePO's prior, class G).
+    Sparse Token Masks", arXiv 2410.05102, Sec. 3;
+    ``docs/recipe_notes/sparsepo.md`` (SparsePO's prior, class G).
 """
 
 import abc
@@ -86,7 +86,7 @@ class DataMasks(AbstractMaskSource):
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ActivationMasks(AbstractMaskSource):
-    r"""MaPO's masks from reference activations (``methods.md`` §9.2).
+    r"""MaPO's masks from reference activations (``docs/recipe_notes/sparsepo.md``).
 
     For each hooked activation $a_t \in \mathbb{R}^d$ of the reference model at the
     state $s_t$: $\bar a_t = \frac1d\sum_i a_{t,i}$, min-max rescaled over the
@@ -128,7 +128,7 @@ class ActivationMasks(AbstractMaskSource):
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LearnedMasks(AbstractMaskSource):
-    r"""SparsePO's learned masks (``methods.md`` §9.3, ``simple_all``).
+    r"""SparsePO's learned masks (``simple_all``; ``docs/recipe_notes/sparsepo.md``).
 
     $m_t = \mathrm{ReLU}\big(\sum_{\ell=1}^{L} c_\ell\,\mathrm{drop}(\mathrm{ReLU}(
     a_\ell^\top \mathrm{LN}(h^{ref}_{\ell,t}) + b_\ell))\big)$ over the reference

@@ -19,7 +19,7 @@ TDPO2 needs a role-dependent stop-gradient (class S), which
 References:
     Tutnov, Grosnit, Bou-Ammar, "Many of Your DPOs are Secretly One", arXiv
     2501.01544 (the loss); the per-method priors are mipo's own algebra
-    (``objective.md`` Section 5, tagged [derived]).
+    (``docs/objective.md#exactness-classes``).
 """
 
 import abc
@@ -115,7 +115,7 @@ class UniformPrior(AbstractSequencePrior):
 
     References:
         Rafailov et al., arXiv 2305.18290 (``reference_free`` in the authors'
-        code); ``objective.md`` Section 5.2.
+        code); ``docs/objective.md#exactness-classes``.
     """
 
     def terms(self, side: Side) -> PriorTerms:
@@ -129,7 +129,8 @@ class TemperedReferencePrior(AbstractSequencePrior):
 
     With the objective's scale set to $a\beta$ this is H-DPO:
     $-\log\sigma(\beta[a S_\pi(y_w) - S_{ref}(y_w)] - \beta[a S_\pi(y_l) - S_{ref}(y_l)])$.
-    Class E. (H-DPO's loss is recalled, not read from the PDF: ``methods.md`` §6.)
+    Class E. (H-DPO's loss is recalled, not read from the PDF:
+    ``docs/recipe_notes/hdpo.md``.)
 
     Args:
         temperature: H-DPO's entropy coefficient $a_H > 0$; 1 gives DPO.
@@ -171,7 +172,7 @@ class GeometricMeanPrior(AbstractSequencePrior):
         differentiable: let gradients flow through $\zeta$ (SimPO's gradient).
 
     References:
-        Meng, Xia, Chen, arXiv 2405.14734, Eq. 4; ``objective.md`` §5.3.
+        Meng, Xia, Chen, arXiv 2405.14734, Eq. 4; ``docs/recipe_notes/simpo.md``.
     """
 
     differentiable: bool = True
@@ -210,7 +211,8 @@ class TokenInterpolationPrior(AbstractPrior):
 
     References:
         Liu et al. (TIS-DPO), arXiv 2410.04350; Christopoulou et al. (SparsePO),
-        arXiv 2410.05102; ``objective.md`` §4.
+        arXiv 2410.05102;
+        ``docs/objective.md#the-general-token-factorised-prior``.
     """
 
     weights: AbstractTokenWeighter
@@ -248,12 +250,13 @@ class TokenInterpolationPrior(AbstractPrior):
 class BatchPrior(AbstractSequencePrior):
     r"""$\log\zeta(y_t|s_t)$ read from the batch (``prior_logps``): a separately
     trained prior, e.g. one fitted to the policy's marginal by the Blahut–Arimoto
-    prior step (``objective.md`` §7.3).
+    prior step (``docs/objective.md#the-prior-step-blahut-arimoto``).
 
     $l_t = \log\pi_\theta(y_t|s_t) - \log\zeta(y_t|s_t)$.
 
-    Minimising $J$ over an unconstrained prior is degenerate (§7.2): lowering
-    $\zeta(y_w)$ drives $J \to 0$ with the policy fixed. So this prior refuses a
+    Minimising $J$ over an unconstrained prior is degenerate
+    (``docs/objective.md#the-degeneracy``): lowering $\zeta(y_w)$ drives $J \to 0$
+    with the policy fixed. So this prior refuses a
     ``prior_logps`` tensor that carries gradient: train the prior by its own
     objective and pass its log-probs detached.
     """
@@ -265,8 +268,9 @@ class BatchPrior(AbstractSequencePrior):
         if prior.requires_grad:
             raise CompositionError(
                 "BatchPrior: prior_logps requires grad, so J would be optimised over the "
-                "prior, which is degenerate (objective.md §7.2: J -> 0 with the policy "
-                "fixed). Train the prior by its own objective and pass it detached."
+                "prior, which is degenerate (J -> 0 with the policy fixed; "
+                "docs/objective.md#the-degeneracy). Train the prior by its own "
+                "objective and pass it detached."
             )
         return PriorTerms(
             token_log_ratio=side.policy_logps - prior, offset=_zeros(side)
@@ -298,7 +302,8 @@ class LengthPenalty(AbstractPriorFactor):
 
     $-\beta\log\zeta(y) = -\beta S_{ref}(y) + \beta c\,|y|$, so with
     $c = \alpha_{len}/\beta$ the logit is $\beta h + \alpha_{len}(|y_w| - |y_l|)$.
-    (R-DPO's sign is unverified against its PDF: ``methods.md`` §5.) Class E.
+    (R-DPO's sign is unverified against its PDF: ``docs/recipe_notes/rdpo.md``.)
+    Class E.
 
     Args:
         rate: $c$, per response token (EOS included).
@@ -340,7 +345,7 @@ class SequentialKLPenalty(AbstractPriorFactor):
 
     References:
         Zeng et al. (TDPO), arXiv 2404.11999, Eq. for TDPO1/TDPO2; Liu et al.
-        (TIS-DPO), arXiv 2410.04350; ``objective.md`` §5.3.
+        (TIS-DPO), arXiv 2410.04350; ``docs/recipe_notes/tis_dpo.md``.
     """
 
     kappa: float

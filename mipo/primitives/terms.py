@@ -2,7 +2,8 @@ r"""Extra terms: additive losses outside the link.
 
 A term returns one value per pair; the objective adds ``weight * value`` to each
 pair's loss before the batch mean, and logs the batch mean of ``value`` under
-``terms/<name>``. None of these can come from a prior (``objective.md`` §6).
+``terms/<name>``. None of these can come from a prior
+(``docs/objective.md#what-a-prior-cannot-express``).
 """
 
 import abc

@@ -12,8 +12,8 @@ EOS) a fixed weight outside the transform — the authors' code gives it 0.
 
 References:
     Liu et al. (TIS-DPO), ICLR 2025, arXiv 2410.04350; the transforms follow the
-    authors' ``preference_datasets.py`` and ``config/transform/*.yaml``
-    (``methods.md`` §8.3).
+    authors' ``preference_datasets.py`` and ``config/transform/*.yaml`` (exlaw/TIS-DPO
+    at ``cbad7c1``; notes: ``docs/recipe_notes/tis_dpo.md``).
 """
 
 import abc
@@ -121,12 +121,22 @@ class RankTransform(AbstractWeightTransform):
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TopFractionTransform(AbstractWeightTransform):
-    r"""``binary``: 1 for scores at or above the row's $(100-p)$-th percentile, else 0.
+    r"""``binary``: the authors' top-$p$ cut, exactly.
 
-    Equal scores get equal weights. ``top_percent=100`` maps every token to 1
-    (the authors' default config — which silently makes TIS-DPO plain DPO).
-    The percentile uses linear interpolation over the row's valid scores (our
-    choice; the authors' exact cut rule was not recovered).
+    Over the $n$ scores of a row, $K = \lfloor n\,p/100 \rfloor$ (computed in
+    float64, as the code's ``int(len(nums) * top_percent / 100)``). Sorted in
+    descending order, slot $i$ gets 1 when $i < K$; tied scores share one
+    value, that of the *last* tied slot. So
+
+    $$ w_t = \mathbb{1}\big[\#\{j : r_j \ge r_t\} \le K\big] , $$
+
+    which gives exactly $K$ ones when the scores are distinct and fewer when a
+    tie straddles the cut. ``top_percent=100`` maps every token to 1 (the
+    authors' default config, which silently makes TIS-DPO plain DPO).
+
+    References:
+        ``binary_weight_transform`` in exlaw/TIS-DPO ``preference_datasets.py``
+        (at ``cbad7c1``); ``docs/recipe_notes/tis_dpo.md``.
     """
 
     top_percent: float = 100.0
@@ -138,10 +148,14 @@ class TopFractionTransform(AbstractWeightTransform):
             )
 
     def __call__(self, scores: TokenValues, mask: TokenMask) -> TokenWeights:
-        valid = torch.where(mask, scores, torch.full_like(scores, math.nan))
-        quantile = 1.0 - self.top_percent / 100.0
-        cut = torch.nanquantile(valid, quantile, dim=-1, keepdim=True)
-        return _masked((scores >= cut).to(scores.dtype), mask)
+        values = scores.to(torch.float64)
+        count = mask.sum(dim=-1, keepdim=True).to(torch.float64)
+        keep = torch.floor(count * self.top_percent / 100.0)
+        # ascending valid scores, masked ones last (+inf is never below a score)
+        ordered = torch.sort(torch.where(mask, values, math.inf), dim=-1).values
+        below = torch.searchsorted(ordered, values.contiguous(), side="left")
+        at_least = count - below.to(torch.float64)  # #{valid j: r_j >= r_t}
+        return _masked((at_least <= keep).to(scores.dtype), mask)
 
 
 @final
@@ -169,9 +183,9 @@ class UniformRandomTransform(AbstractWeightTransform):
 class ExponentialTransform(AbstractWeightTransform):
     r"""The paper's form $w_t = k \exp(\mu\,\mathrm{clamp}(r_t, L, U))$.
 
-    **Unverified constants**: the form is recalled from the paper (``methods.md``
-    §8.1, tagged [paper, unverified]) and the values of $k, \mu, L, U$ below are
-    placeholders, not the authors'. The scores are already oriented per role
+    **Unverified constants**: the form is recalled from the paper, not read from
+    it (``docs/recipe_notes/tis_dpo.md``), and the values of $k, \mu, L, U$ below
+    are placeholders, not the authors'. The released code has no exponential. The scores are already oriented per role
     (chosen: $\log p_+ - \log p_-$; rejected: sign-flipped), so one $\mu > 0$
     serves both sides.
     """
@@ -198,7 +212,8 @@ class TransformedWeights(AbstractTokenWeighter):
         transform: the per-response transform $f$.
         eos_weight: if set, the last response token of each row (the appended
             EOS) is left out of the transform and gets this weight — the TIS-DPO
-            code gives it 0 (``methods.md`` §8.4). ``None`` treats it as any token.
+            code gives it 0 (``docs/recipe_notes/tis_dpo.md``). ``None`` treats it
+            as any token.
     """
 
     source: AbstractTokenWeighter = BatchTokenWeights()

@@ -17,7 +17,10 @@ References:
     Yang et al., arXiv 2505.19653 v3, Sec. 4.3, Eq. 13 (as printed the sums run
     to $T_w$ and $T_l$; the released code ``trainers.py`` at ``e04a0926`` packs
     the responses left-aligned and compares position $k$ with position $k$,
-    truncated to the shorter response, as here). methods.md §11.1, §11.3 (5).
+    truncated to the shorter response, as here). The code computes the term only
+    when its margin is positive (at margin <= 0 it adds nothing); mipo refuses
+    such a margin rather than change the formula at one value. Notes:
+    ``docs/recipe_notes/ti_dpo.md``.
 """
 
 import math
@@ -42,21 +45,26 @@ class LogRatioTriplet(AbstractTerm):
     per pair (module docstring).
 
     Args:
-        margin: $\alpha_{triplet}$, in log-ratio units squared. The paper gives no
-            value; the released code's default is 0.1, its ``tidpo.yaml`` 0.001.
+        margin: $\alpha_{triplet} > 0$, in log-ratio units squared. The paper
+            gives no value; the released code's default is 0.1, its
+            ``tidpo.yaml`` 0.001. The code skips the whole term at a margin <= 0,
+            so such a margin is refused: switch the term off with its weight.
         sampling: how the trainer samples the anchor (``Need.ANCHOR``).
 
     References:
-        arXiv 2505.19653 v3, Eq. 13; methods.md §11.3 (5).
+        arXiv 2505.19653 v3, Eq. 13; ``docs/recipe_notes/ti_dpo.md``.
     """
 
     margin: float = 0.1
     sampling: AnchorSampling = field(default_factory=AnchorSampling)
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.margin):
+        if not (math.isfinite(self.margin) and self.margin > 0.0):
             raise CompositionError(
-                f"LogRatioTriplet.margin: must be finite, got {self.margin}"
+                f"LogRatioTriplet.margin: must be finite and > 0, got {self.margin}; "
+                "the released TI-DPO code drops the triplet term at a margin <= 0, "
+                "so switch the term off with its weight instead (TI-DPO recipe: "
+                "--objective.gamma=0)"
             )
         if not isinstance(self.sampling, AnchorSampling):
             raise CompositionError(

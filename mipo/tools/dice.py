@@ -1,12 +1,15 @@
 r"""DICE: self-rewarding rounds of DPO with the policy's implicit reward.
 
 Chen et al., "Bootstrapping Language Models with DPO Implicit Rewards", arXiv
-2406.09760 (``methods.md`` Section 12). The training loss is plain DPO (any
-recipe); what DICE adds is the data. One round, for a policy :math:`\pi_\theta`
-that was DPO-trained against :math:`\pi_{\mathrm{ref}}`:
+2406.09760; released code sail-sg/dice @ ``865aa6d`` (``scripts/run_dice``,
+``scripts/data_script``). The training loss is plain DPO (any recipe); what DICE
+adds is the data. One round, for a policy :math:`\pi_\theta` that was
+DPO-trained against :math:`\pi_{\mathrm{ref}}`:
 
 1. sample :math:`K` candidates :math:`y^{(1..K)} \sim \pi_\theta(\cdot|x)` per
-   prompt (:func:`sample_candidates`);
+   prompt (:func:`sample_candidates`), and keep those that stopped by
+   themselves and fall within the length bounds; prompts left with too few
+   candidates are dropped (:func:`keep_candidates`, :func:`score_candidates`);
 2. score each with the DPO implicit reward, :math:`\beta`-free (the released
    ``generate_dpo_scores.py`` subtracts the summed log-probs):
 
@@ -24,7 +27,8 @@ that was DPO-trained against :math:`\pi_{\mathrm{ref}}`:
 4. pair :math:`y_w = \arg\max_k r_\alpha`, :math:`y_l = \arg\min_k r_\alpha`
    (:func:`build_pairs`);
 5. mix in offline pairs by experience replay, a fraction :math:`\gamma` of the
-   final training set (:func:`replay`);
+   final training set (:func:`replay`; the release fixes the total at the
+   offline set's size, ``total="offline"``);
 6. train the policy with DPO on the result; the trained model is the next
    round's policy, and the model it started from is the next round's
    :math:`\pi_{\mathrm{ref}}` for scoring.
@@ -37,6 +41,11 @@ is what :func:`run_dice` does (``reference="previous"``), because mipo's trainer
 takes its reference from ``train.model``; ``"initial"`` (keep the first model as
 the reference) would need the trainer to load a reference from a second path and
 is refused.
+
+Presets. The defaults suit a short run; :data:`RELEASE_SETTINGS` and
+:data:`RELEASE_TRAIN_OVERRIDES` (``--preset release``) are the released
+pipeline's values. Every remaining difference from the release is listed in
+``docs/guides/dice.md`` (section "Fidelity to the release").
 
 Command line::
 
@@ -55,7 +64,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, final
+from typing import Any, Literal, final
 
 import numpy as np
 import torch
@@ -140,6 +149,36 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    """One sampled response.
+
+    Args:
+        text: the decoded response before its first stop token.
+        truncated: it reached ``max_new_tokens`` without a stop token (the
+            release's ``finish_reason == "length"``).
+    """
+
+    text: str
+    truncated: bool
+
+
+def stop_token_ids(model: nn.Module, tokenizer: Any) -> tuple[int, ...]:
+    """The ids that end a turn: the tokenizer's EOS and every id of the model's
+    ``generation_config.eos_token_id`` (Llama-3-Instruct lists both
+    ``<|end_of_text|>`` and ``<|eot_id|>``, as the release's stop ids do)."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(config, "eos_token_id", None)):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    if not ids:
+        raise ValueError("sample_candidates: the tokenizer and model name no EOS id")
+    return tuple(ids)
+
+
 def sample_candidates(
     model: nn.Module,
     tokenizer: Any,
@@ -151,21 +190,26 @@ def sample_candidates(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
-) -> list[list[str]]:
+    strip: bool = False,
+) -> list[list[Candidate]]:
     r"""Draw ``num_samples`` responses :math:`y \sim \pi_\theta(\cdot|x)` per prompt.
 
     Prompts are tokenised exactly as training tokenises them (chat template with
     the generation prompt for message lists, :func:`mipo.data.encode_record`),
     left-padded into batches of ``batch_size`` prompts, and sampled without
     gradient under a seeded RNG that does not disturb the caller's. Only
-    temperature and nucleus (``top_p``) filtering apply (``top_k`` is off). A
-    response is the decoded text before its first EOS; one that reached
-    ``max_new_tokens`` is kept as it is (the release drops those; here the next
-    round's tokenisation appends an EOS to it).
+    temperature and nucleus (``top_p``) filtering apply (``top_k`` off, no
+    repetition penalty; the checkpoint's own generation settings are not read).
+    Sampling stops at any of :func:`stop_token_ids`. A response is the decoded
+    text before its first stop token, stripped of surrounding whitespace when
+    ``strip`` (as the release does); :attr:`Candidate.truncated` marks one that
+    reached ``max_new_tokens`` first.
 
     Returns:
         ``candidates[i][k]``: the ``k``-th sample for ``prompts[i]``.
     """
+    from transformers import GenerationConfig
+
     if num_samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError(
             "sample_candidates: num_samples, max_new_tokens and batch_size must be "
@@ -177,11 +221,21 @@ def sample_candidates(
         )
     if not 0 < top_p <= 1:
         raise ValueError(f"sample_candidates: top_p must be in (0, 1], got {top_p}")
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=num_samples,
+        pad_token_id=pad,
+        eos_token_id=list(stops),
+    )
     device = _device(model)
     cuda = [device.index or 0] if device.type == "cuda" else []
-    out: list[list[str]] = []
+    out: list[list[Candidate]] = []
     with torch.random.fork_rng(devices=cuda), torch.no_grad(), _eval_mode(model):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
@@ -196,27 +250,42 @@ def sample_candidates(
             generated = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=num_samples,
-                pad_token_id=pad,
-                eos_token_id=eos,
+                generation_config=config,
             )
             # generate repeats each prompt num_samples times, consecutively.
             new = generated[:, width:].tolist()
             for row in range(len(chunk)):
                 samples = new[row * num_samples : (row + 1) * num_samples]
-                out.append([_decode(tokenizer, tokens, eos) for tokens in samples])
+                out.append([_decode(tokenizer, t, stops, strip) for t in samples])
     return out
 
 
-def _decode(tokenizer: Any, tokens: list[int], eos: int) -> str:
-    if eos in tokens:
-        tokens = tokens[: tokens.index(eos)]
-    return tokenizer.decode(tokens, skip_special_tokens=True)
+def _decode(
+    tokenizer: Any, tokens: list[int], stops: Sequence[int], strip: bool
+) -> Candidate:
+    end = next((i for i, token in enumerate(tokens) if token in stops), None)
+    text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+    return Candidate(text=text.strip() if strip else text, truncated=end is None)
+
+
+def keep_candidates(
+    candidates: Sequence[Candidate],
+    *,
+    drop_truncated: bool = True,
+    min_chars: int = 0,
+    max_chars: int | None = None,
+) -> list[str]:
+    """The texts of the candidates the release would score: not truncated (when
+    ``drop_truncated``) and ``min_chars <= len(text) <= max_chars`` characters.
+    The release keeps ``3 < len < 6700``, i.e. ``min_chars=4, max_chars=6699``
+    (``filt_invalid_pairs`` in ``generate_dpo_scores.py``)."""
+    return [
+        c.text
+        for c in candidates
+        if not (drop_truncated and c.truncated)
+        and len(c.text) >= min_chars
+        and (max_chars is None or len(c.text) <= max_chars)
+    ]
 
 
 def implicit_rewards(
@@ -327,14 +396,19 @@ def length_gap(scored: Sequence[ScoredPrompt], alpha: float) -> float:
 
 
 def choose_length_alpha(
-    scored: Sequence[ScoredPrompt], grid: Sequence[float] = DEFAULT_ALPHA_GRID
+    scored: Sequence[ScoredPrompt],
+    grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+    *,
+    stop_early: bool = False,
 ) -> float:
     r"""The :math:`\alpha` of ``grid`` whose pairs have the signed mean length gap
     closest to zero, :math:`\arg\min_\alpha |\mathrm{length\_gap}(\alpha)|`
     (the first such :math:`\alpha` in grid order on ties).
 
-    The release scans ``arange(0, 1, 0.001)`` and stops once the gap grows again;
-    this scans the whole grid.
+    ``stop_early=False`` scans the whole grid. ``stop_early=True`` is the
+    release's scan (``optimize_alpha``): it stops at the first :math:`\alpha`
+    whose :math:`|\mathrm{gap}|` exceeds the smallest one so far, so it returns
+    the first local minimum along the grid.
     """
     if not grid:
         raise ValueError("choose_length_alpha: empty grid")
@@ -347,6 +421,8 @@ def choose_length_alpha(
         gap = abs(_gap(table, alpha))
         if gap < best_gap:  # NaN (no pair) never wins
             best, best_gap = alpha, gap
+        elif stop_early and gap > best_gap:
+            break
     if best is None:
         raise ValueError(
             "choose_length_alpha: no prompt gives a pair (every prompt's best and "
@@ -384,13 +460,32 @@ def offline_count(num_new: int, ratio: float) -> int:
     fraction :math:`\gamma` = ``ratio`` of the final set:
     :math:`n_{\mathrm{off}} = \mathrm{round}(\gamma\, n_{\mathrm{new}} / (1 - \gamma))`
     (exact whenever that is an integer)."""
+    _check_ratio(ratio)
+    return round(ratio * num_new / (1.0 - ratio))
+
+
+def _check_ratio(ratio: float) -> None:
     if not (math.isfinite(ratio) and 0.0 <= ratio < 1.0):
         raise ValueError(f"replay: ratio must be in [0, 1), got {ratio}")
-    return round(ratio * num_new / (1.0 - ratio))
+
+
+def release_counts(num_new: int, num_offline: int, ratio: float) -> tuple[int, int]:
+    r"""The release's mix (``create_mix_paired_set``): the total is the offline
+    set's size :math:`N`, so
+    :math:`n_{\mathrm{gen}} = \min(\lfloor N (1 - \gamma)\rfloor, n_{\mathrm{new}})`
+    generated pairs and
+    :math:`n_{\mathrm{off}} = \lfloor \gamma\, n_{\mathrm{gen}} / (1 - \gamma)\rfloor`
+    offline pairs (float64 products, truncated as ``int()`` does)."""
+    _check_ratio(ratio)
+    generated = min(int(num_offline * (1 - ratio)), num_new)
+    return generated, int(ratio * generated / (1 - ratio))
 
 
 def _prompt_key(prompt: Text) -> str:
     return json.dumps(prompt, sort_keys=True)
+
+
+ReplayTotal = Literal["generated", "offline"]
 
 
 def replay(
@@ -399,29 +494,57 @@ def replay(
     *,
     ratio: float,
     seed: int,
+    total: ReplayTotal = "generated",
 ) -> list[PreferenceRecord]:
-    r"""Experience replay: every generated pair plus :func:`offline_count`
-    offline pairs, so offline pairs are a fraction :math:`\gamma` = ``ratio`` of
-    the result (DICE's ``OFFLINE_DATA_RATIO``).
+    r"""Experience replay: offline pairs make a fraction :math:`\gamma` = ``ratio``
+    of the result (DICE's ``OFFLINE_DATA_RATIO``).
+
+    ``total="generated"`` keeps every generated pair and adds
+    :func:`offline_count` offline ones. ``total="offline"`` is the release's rule
+    (:func:`release_counts`): a seeded subset of the generated pairs, so that the
+    result has about as many pairs as the offline set; with the same prompt pool
+    for sampling and replay (as in the release) the prompts left out of that
+    subset are the ones replayed. At ``ratio = 0`` both keep exactly the
+    generated pairs (the release then trains on its generated set alone).
 
     The offline pairs are a seeded draw without replacement, in their file order,
-    among those whose prompt no generated pair has (as the release does). The
-    release instead fixes the total at the offline set's size; here every
-    generated pair is kept.
+    among those whose prompt no kept generated pair has (as the release does);
+    kept generated pairs stay in their order.
 
     Raises:
         ValueError: ``ratio`` outside ``[0, 1)``, or too few eligible offline pairs.
     """
-    wanted = offline_count(len(new_pairs), ratio)
+    _check_ratio(ratio)
+    if ratio == 0.0:
+        return list(new_pairs)
+    rng = random.Random(seed)
+    if total == "offline":
+        keep_new, wanted = release_counts(len(new_pairs), len(offline_pairs), ratio)
+        chosen = sorted(rng.sample(range(len(new_pairs)), keep_new))
+        new_pairs = [new_pairs[i] for i in chosen]
+    elif total == "generated":
+        wanted = offline_count(len(new_pairs), ratio)
+    else:
+        raise ValueError(
+            f"replay: total must be 'generated' or 'offline', got {total!r}"
+        )
     taken = {_prompt_key(pair.prompt) for pair in new_pairs}
     eligible = [p for p in offline_pairs if _prompt_key(p.prompt) not in taken]
     if wanted > len(eligible):
+        hint = (
+            "; when the offline pairs share the sampling prompts, pass "
+            "--replay-total offline (the release's rule: it keeps only part of the "
+            "generated pairs, so the other prompts' offline pairs can be replayed), "
+            "or give offline pairs with other prompts"
+            if total == "generated"
+            else ""
+        )
         raise ValueError(
             f"replay: ratio {ratio} with {len(new_pairs)} generated pairs needs "
             f"{wanted} offline pairs, but only {len(eligible)} of the "
-            f"{len(offline_pairs)} offline pairs have a prompt not generated for"
+            f"{len(offline_pairs)} offline pairs have a prompt not generated for{hint}"
         )
-    keep = sorted(random.Random(seed).sample(range(len(eligible)), wanted))
+    keep = sorted(rng.sample(range(len(eligible)), wanted))
     return [*new_pairs, *(eligible[i] for i in keep)]
 
 
@@ -524,7 +647,10 @@ def _prompt_of(row: object, source: str) -> list[Message]:
 @final
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DiceSettings:
-    """Settings of :func:`run_dice` besides the recipe and its overrides.
+    r"""Settings of :func:`run_dice` besides the recipe and its overrides.
+
+    The defaults are mipo's small-run choices; :data:`RELEASE_SETTINGS` holds the
+    release's values (``--preset release``).
 
     Args:
         prompts: the prompts file (:func:`load_prompts`).
@@ -535,13 +661,23 @@ class DiceSettings:
         out: output directory (``round-k/`` per round, ``summary.json``).
         rounds: DICE rounds.
         samples: candidates per prompt, :math:`K`.
-        offline_ratio: :math:`\\gamma`, the offline fraction of each training set.
+        offline_ratio: :math:`\gamma`, the offline fraction of each training set.
+        replay_total: ``"generated"`` (keep every generated pair) or
+            ``"offline"`` (the release: the total is the offline set's size);
+            see :func:`replay`.
         reference: ``"previous"`` (the only supported choice, see the module
             docstring).
         max_new_tokens: longest sampled response, in tokens.
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
+        strip: strip whitespace around each sampled text (the release does).
+        drop_truncated: drop samples that reached ``max_new_tokens`` without a
+            stop token (else they are scored with an EOS the model never made).
+        min_chars, max_chars: keep responses of ``min_chars`` to ``max_chars``
+            characters (``None``: no upper bound).
+        min_candidates: drop prompts with fewer kept candidates than this.
         alpha_grid: the grid :func:`choose_length_alpha` searches.
+        alpha_stop_early: stop the scan at the first local minimum (the release).
         batch_size: prompts per generation batch and responses per scoring batch.
     """
 
@@ -552,11 +688,18 @@ class DiceSettings:
     rounds: int = 1
     samples: int = 8
     offline_ratio: float = 0.0
+    replay_total: ReplayTotal = "generated"
     reference: str = "previous"
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    strip: bool = False
+    drop_truncated: bool = True
+    min_chars: int = 0
+    max_chars: int | None = None
+    min_candidates: int = 2
     alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    alpha_stop_early: bool = False
     batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -575,6 +718,101 @@ class DiceSettings:
         offline_count(0, self.offline_ratio)  # validates the ratio
         if self.offline_ratio > 0 and self.offline is None:
             raise ValueError("--offline-ratio > 0 needs an --offline file")
+        if self.replay_total not in ("generated", "offline"):
+            raise ValueError(
+                f"--replay-total {self.replay_total!r}: expected 'generated' or "
+                "'offline'"
+            )
+        if self.min_candidates < 2 or self.min_chars < 0:
+            raise ValueError(
+                f"--min-candidates must be >= 2 and --min-chars >= 0, got "
+                f"{self.min_candidates} and {self.min_chars}"
+            )
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(
+                f"--max-chars {self.max_chars} is below --min-chars {self.min_chars}"
+            )
+
+
+RELEASE_SETTINGS: dict[str, Any] = {
+    "rounds": 2,  # scripts/run_dice/iter.sh
+    "samples": 16,  # pipeline.sh: 2 x 8 runs of one sample per prompt
+    "max_new_tokens": 2048,  # generate_responses.py max_token
+    "temperature": 0.7,  # configs/gen.py DEFAULT (Zephyr; Llama-3: 0.9)
+    "top_p": 0.9,  # configs/gen.py DEFAULT (Llama-3: 1.0)
+    "strip": True,  # output.outputs[0].text.strip()
+    "drop_truncated": True,  # filt_invalid_pairs: stop_reason != "length"
+    "min_chars": 4,  # filt_invalid_pairs: len > 3
+    "max_chars": 6699,  # filt_invalid_pairs: len < 6700
+    "min_candidates": 8,  # pipeline.sh --n_least_score 8
+    "offline_ratio": 0.5,  # iter.sh OFFLINE_DATA_RATIO
+    "replay_total": "offline",  # create_mix_paired_set: n_total = len(offline)
+    "alpha_stop_early": True,  # optimize_alpha breaks once the gap grows
+}
+"""The released pipeline's data settings (sail-sg/dice @ ``865aa6d``), for
+``DiceSettings(**RELEASE_SETTINGS, ...)`` or ``--preset release``. Stop ids:
+:func:`stop_token_ids` in every setting."""
+
+RELEASE_TRAIN_OVERRIDES: dict[str, Any] = {
+    "objective.beta": 0.1,  # pipeline.sh DPO_BETA
+    "train.optimizer": "adamw",  # LLaMA-Factory / HF Trainer default
+    "train.learning_rate": 5e-7,
+    # lr_scheduler_type constant: the HF "constant" schedule ignores the
+    # release's --warmup_steps 50, so the rate is 5e-7 from the first step
+    "train.lr_schedule": "constant",
+    "train.warmup_steps": 0,
+    "train.warmup_ratio": 0.0,
+    "train.max_steps": 300,
+    # 1 per device x 4 accumulation x 8 GPUs = 32 pairs per step
+    "train.batch_size": 4,
+    "train.gradient_accumulation_steps": 8,
+    "train.max_grad_norm": 1.0,  # HF Trainer default
+    "train.max_length": 4096,  # --cutoff_len 4096
+    "train.max_prompt_length": 2048,  # LLaMA-Factory splits cutoff_len by ratio
+    "train.max_examples": 0,
+    "train.eval_fraction": 0.0576,  # --val_size 576 of a 10,000-pair set
+}
+"""The release's per-round DPO training (``pipeline.sh`` step 2), as
+``--train.*`` / ``--objective.*`` overrides under the user's own; for a recipe
+with a ``beta`` factory argument (``recipes/dpo.py``)."""
+
+
+def score_candidates(
+    policy: nn.Module,
+    reference: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Text],
+    candidates: Sequence[Sequence[Candidate]],
+    settings: DiceSettings,
+) -> tuple[list[ScoredPrompt], dict[str, int]]:
+    """Filter each prompt's candidates (:func:`keep_candidates` with the
+    settings' bounds), drop prompts left with fewer than
+    ``settings.min_candidates``, and score the rest with :func:`implicit_rewards`.
+    Also returns the counts of what was dropped."""
+    counts = {"truncated_samples": 0, "length_filtered": 0, "dropped_prompts": 0}
+    scored: list[ScoredPrompt] = []
+    for prompt, samples in zip(prompts, candidates, strict=True):
+        complete = keep_candidates(
+            samples, drop_truncated=settings.drop_truncated, max_chars=None
+        )
+        texts = keep_candidates(
+            samples,
+            drop_truncated=settings.drop_truncated,
+            min_chars=settings.min_chars,
+            max_chars=settings.max_chars,
+        )
+        counts["truncated_samples"] += sum(c.truncated for c in samples)
+        counts["length_filtered"] += len(complete) - len(texts)
+        if len(texts) < settings.min_candidates:
+            counts["dropped_prompts"] += 1
+            continue
+        rewards = implicit_rewards(
+            policy, reference, tokenizer, prompt, texts, batch_size=settings.batch_size
+        )
+        scored.append(
+            ScoredPrompt(prompt=prompt, responses=tuple(texts), scores=tuple(rewards))
+        )
+    return scored, counts
 
 
 RESERVED_OVERRIDES = ("train.dataset", "train.output_dir")
@@ -646,25 +884,12 @@ def run_dice(
             top_p=settings.top_p,
             seed=config.seed + k,
             batch_size=settings.batch_size,
+            strip=settings.strip,
         )
         reference = load_causal_lm(score_reference).to(device)
-        scored = [
-            ScoredPrompt(
-                prompt=prompt,
-                responses=tuple(texts),
-                scores=tuple(
-                    implicit_rewards(
-                        policy,
-                        reference,
-                        tokenizer,
-                        prompt,
-                        texts,
-                        batch_size=settings.batch_size,
-                    )
-                ),
-            )
-            for prompt, texts in zip(prompts, candidates, strict=True)
-        ]
+        scored, counts = score_candidates(
+            policy, reference, tokenizer, prompts, candidates, settings
+        )
         del policy, reference
         round_dir.mkdir(parents=True, exist_ok=True)
         with (round_dir / "candidates.jsonl").open("w", encoding="utf-8") as handle:
@@ -675,17 +900,31 @@ def run_dice(
                     "scores": list(item.scores),
                 }
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        alpha = choose_length_alpha(scored, settings.alpha_grid)
+        if not scored:
+            raise ValueError(
+                f"dice round {k}: no prompt kept {settings.min_candidates} candidates "
+                f"after the filters ({counts}); loosen --min-candidates, --min-chars, "
+                "--max-chars or raise --max-new-tokens"
+            )
+        alpha = choose_length_alpha(
+            scored, settings.alpha_grid, stop_early=settings.alpha_stop_early
+        )
         new_pairs = build_pairs(scored, alpha=alpha)
         mixed = replay(
-            new_pairs, offline, ratio=settings.offline_ratio, seed=config.seed + k
+            new_pairs,
+            offline,
+            ratio=settings.offline_ratio,
+            seed=config.seed + k,
+            total=settings.replay_total,
         )
+        generated = {id(pair) for pair in new_pairs}
+        kept_new = sum(id(pair) in generated for pair in mixed)
         pairs_file = write_pairs(round_dir / "pairs.jsonl", mixed)
         print(
             f"dice round {k}: {len(prompts)} prompts x {settings.samples} samples, "
             f"alpha {alpha:g} (length gap {length_gap(scored, 0.0):.1f} -> "
-            f"{length_gap(scored, alpha):.1f} chars), {len(new_pairs)} new + "
-            f"{len(mixed) - len(new_pairs)} offline pairs -> {pairs_file}",
+            f"{length_gap(scored, alpha):.1f} chars), {len(new_pairs)} new pairs "
+            f"({kept_new} kept) + {len(mixed) - kept_new} offline -> {pairs_file}",
             flush=True,
         )
         result = train(
@@ -708,9 +947,11 @@ def run_dice(
             "alpha": alpha,
             "length_gap_alpha0": length_gap(scored, 0.0),
             "length_gap": length_gap(scored, alpha),
+            **counts,
             "new_pairs": len(new_pairs),
+            "kept_new_pairs": kept_new,
             "skipped_prompts": len(prompts) - len(new_pairs),
-            "offline_pairs": len(mixed) - len(new_pairs),
+            "offline_pairs": len(mixed) - kept_new,
             "pairs_file": str(pairs_file),
             "run_dir": str(result.run_dir),
             "checkpoint": str(checkpoint),
@@ -732,6 +973,7 @@ def run_dice(
         "recipe": str(recipe),
         "reference": settings.reference,
         "offline_ratio": settings.offline_ratio,
+        "replay_total": settings.replay_total,
         "final_checkpoint": policy_path,
         "rounds": rounds,
     }
@@ -757,6 +999,29 @@ def _alpha_grid(text: str) -> tuple[float, ...]:
         ) from None
 
 
+_SETTING_FLAGS: tuple[tuple[str, Any, str], ...] = (
+    # (flag, type, help); default None = the preset's value, else DiceSettings'
+    ("--rounds", int, "DICE rounds"),
+    ("--samples", int, "candidates per prompt"),
+    ("--offline-ratio", float, "gamma, the offline share of each training set"),
+    ("--replay-total", str, "'generated' (keep all) or 'offline' (the release)"),
+    ("--reference", str, "only 'previous'"),
+    ("--max-new-tokens", int, "longest sample, in tokens"),
+    ("--temperature", float, "sampling temperature"),
+    ("--top-p", float, "nucleus mass"),
+    ("--min-chars", int, "shortest kept response, in characters"),
+    ("--max-chars", int, "longest kept response, in characters"),
+    ("--min-candidates", int, "drop prompts with fewer kept candidates"),
+    ("--alpha-grid", _alpha_grid, "START:STOP:STEP or a,b,c"),
+    ("--batch-size", int, "prompts per generation batch"),
+)
+_SWITCHES = (
+    ("strip", "strip whitespace around each sample"),
+    ("drop-truncated", "drop samples that hit --max-new-tokens"),
+    ("alpha-stop-early", "stop the alpha scan at its first local minimum"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mipo.dice",
@@ -774,19 +1039,36 @@ def _parser() -> argparse.ArgumentParser:
         help="model the starting policy was DPO-trained from (round-0 reference)",
     )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=8, help="candidates/prompt")
-    parser.add_argument("--offline-ratio", type=float, default=0.0, help="gamma")
-    parser.add_argument("--reference", default="previous", help="only 'previous'")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument(
-        "--alpha-grid", type=_alpha_grid, default=DEFAULT_ALPHA_GRID, metavar="GRID"
+        "--preset",
+        choices=("mipo", "release"),
+        default="mipo",
+        help="'release': the released pipeline's data settings and per-round "
+        "training (RELEASE_SETTINGS, RELEASE_TRAIN_OVERRIDES); flags override it",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    for flag, kind, text in _SETTING_FLAGS:
+        parser.add_argument(flag, type=kind, default=None, help=text)
+    for name, text in _SWITCHES:
+        parser.add_argument(
+            f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text
+        )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _settings(args: argparse.Namespace) -> DiceSettings:
+    """The preset's values under the flags that were given."""
+    chosen = dict(RELEASE_SETTINGS) if args.preset == "release" else {}
+    names = [flag[2:].replace("-", "_") for flag, _, _ in _SETTING_FLAGS]
+    names += [name.replace("-", "_") for name, _ in _SWITCHES]
+    chosen.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    return DiceSettings(
+        prompts=args.prompts,
+        offline=args.offline,
+        score_reference=args.score_reference,
+        out=args.out,
+        **chosen,
+    )
 
 
 def _overrides(extra: list[str]) -> dict[str, str]:
@@ -816,22 +1098,10 @@ def main(argv: list[str] | None = None) -> None:
 
     args, extra = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = DiceSettings(
-            prompts=args.prompts,
-            offline=args.offline,
-            score_reference=args.score_reference,
-            out=args.out,
-            rounds=args.rounds,
-            samples=args.samples,
-            offline_ratio=args.offline_ratio,
-            reference=args.reference,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            alpha_grid=args.alpha_grid,
-            batch_size=args.batch_size,
-        )
-        run_dice(args.recipe, settings, _overrides(extra), progress=not args.quiet)
+        settings = _settings(args)
+        preset = RELEASE_TRAIN_OVERRIDES if args.preset == "release" else {}
+        overrides = {**preset, **_overrides(extra)}
+        run_dice(args.recipe, settings, overrides, progress=not args.quiet)
     except (OverrideError, DataError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -843,18 +1113,25 @@ if __name__ == "__main__":
 
 __all__ = [
     "DEFAULT_ALPHA_GRID",
+    "RELEASE_SETTINGS",
+    "RELEASE_TRAIN_OVERRIDES",
+    "Candidate",
     "DiceSettings",
     "ScoredPrompt",
     "build_pairs",
     "choose_length_alpha",
     "implicit_rewards",
+    "keep_candidates",
     "length_gap",
     "load_prompts",
     "main",
     "offline_count",
     "record_row",
+    "release_counts",
     "replay",
     "run_dice",
     "sample_candidates",
+    "score_candidates",
+    "stop_token_ids",
     "write_pairs",
 ]

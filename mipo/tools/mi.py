@@ -1,20 +1,23 @@
-r"""Mutual-information regularised alignment on a tabular bandit (``objective.md`` §3, §7).
+r"""Mutual-information regularised alignment on a tabular bandit
+(``docs/objective.md#mutual-information-identities``).
 
 A toy world with finitely many prompts $x$ (probabilities $p(x)$) and responses
 $y$, a reward table $r(x, y)$ and an inverse temperature $b$ (the MI-DPO paper's
 $\beta$; mipo's ``beta`` is $\alpha = 1/b$). Everything is a ``float64`` table, so
-the identities of §3 can be checked to round-off, independently of any language
-model:
+the identities (a)-(f) of that section can be checked to round-off, independently
+of any language model:
 
-- the Gibbs policy $\pi(y|x) = \zeta(y)\,e^{b r(x,y)} / Z(x)$ (§3(d));
+- the Gibbs policy $\pi(y|x) = \zeta(y)\,e^{b r(x,y)} / Z(x)$ (identity (d));
 - the marginal $p_\pi(y) = \sum_x p(x)\,\pi(y|x)$;
 - $I_\pi(X;Y) = E_x\,\mathrm{KL}(\pi(\cdot|x)\,\|\,p_\pi)$ and the variational identity
-  $E_x\,\mathrm{KL}(\pi\|\zeta) = I_\pi + \mathrm{KL}(p_\pi\|\zeta)$ (§3(b));
+  $E_x\,\mathrm{KL}(\pi\|\zeta) = I_\pi + \mathrm{KL}(p_\pi\|\zeta)$ (identity (b));
 - the Blahut–Arimoto alternation $\pi \leftarrow$ Gibbs$(\zeta)$,
   $\zeta \leftarrow p_\pi$, which increases
   $F(\pi,\zeta) = E[r] - \frac1b E_x\,\mathrm{KL}(\pi\|\zeta)$ at every step and
-  converges to the fixed point of §3(d) (§7.3);
-- the MI-DPO preference loss $J$ of §1 on a table of preference pairs.
+  converges to the fixed point of identity (d)
+  (``docs/objective.md#the-prior-step-blahut-arimoto``);
+- the MI-DPO preference loss $J$ (``docs/objective.md#the-mi-dpo-loss``) on a
+  table of preference pairs.
 
 All log-probabilities are natural logarithms. Tables use the axes ``prompts``
 and ``responses``; pairs use ``pairs``.
@@ -49,7 +52,8 @@ def _check_distribution(log_probs: Tensor, name: str) -> None:
 
 
 def gibbs_policy(log_prior: LogPrior, reward: Table, b: float) -> Table:
-    r"""$\log\pi(y|x) = \log\zeta(y) + b\,r(x,y) - \log Z(x)$ (``objective.md`` §3(d)).
+    r"""$\log\pi(y|x) = \log\zeta(y) + b\,r(x,y) - \log Z(x)$ (identity (d) of
+    ``docs/objective.md#mutual-information-identities``).
 
     ``log_prior`` may be unnormalised: a constant shift cancels in $Z(x)$.
     """
@@ -75,7 +79,7 @@ def expected_kl(
 
 
 def mutual_information(log_policy: Table, prompt_probs: PromptProbs) -> Scalar:
-    r"""$I_\pi(X;Y) = E_x\,\mathrm{KL}(\pi(\cdot|x)\,\|\,p_\pi)$ (``objective.md`` §3(a))."""
+    r"""$I_\pi(X;Y) = E_x\,\mathrm{KL}(\pi(\cdot|x)\,\|\,p_\pi)$ (identity (a))."""
     return expected_kl(log_policy, log_marginal(log_policy, prompt_probs), prompt_probs)
 
 
@@ -87,7 +91,7 @@ def free_energy(
     b: float,
 ) -> Scalar:
     r"""$F(\pi,\zeta) = E_{x,\,y\sim\pi}[r] - \frac1b E_x\,\mathrm{KL}(\pi\|\zeta)$, the
-    objective of §3(c) that both Blahut–Arimoto steps increase."""
+    objective of identity (c) that both Blahut–Arimoto steps increase."""
     expected_reward = (prompt_probs[:, None] * log_policy.exp() * reward).sum()
     return expected_reward - expected_kl(log_policy, log_prior, prompt_probs) / b
 
@@ -122,7 +126,7 @@ def blahut_arimoto(
     max_iterations: int = 10_000,
 ) -> AlternationResult:
     r"""Alternate $\pi \leftarrow \zeta e^{b r}/Z$ and $\zeta \leftarrow p_\pi$ until
-    the prior moves by less than ``tolerance`` (``objective.md`` §3(d), §7.3).
+    the prior moves by less than ``tolerance`` (identity (d)).
 
     Args:
         reward: $r(x, y)$.
@@ -178,7 +182,7 @@ def preference_loss(
     alpha: float,
     weights: Float[Tensor, " pairs"] | None = None,
 ) -> Scalar:
-    r"""The MI-DPO loss on tabular pairs (``objective.md`` §1):
+    r"""The MI-DPO loss on tabular pairs (``docs/objective.md#the-mi-dpo-loss``):
 
     $$ J = -\frac1N\sum_i \log\sigma\Big(\alpha\big[\log\pi(y^i_w|x_i) - \log\zeta(y^i_w)\big]
                                   - \alpha\big[\log\pi(y^i_l|x_i) - \log\zeta(y^i_l)\big]\Big). $$

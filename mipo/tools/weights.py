@@ -9,7 +9,8 @@ $$ r^{w}_t = \log p_+(y^w_t \mid x, y^w_{<t}) - \log p_-(y^w_t \mid x, y^w_{<t})
    r^{l}_t = \log p_-(y^l_t \mid x, y^l_{<t}) - \log p_+(y^l_t \mid x, y^l_{<t}), $$
 
 i.e. chosen scores are oriented towards the good model and rejected scores
-towards the bad one (the TIS-DPO code's sign convention, ``methods.md`` §8.3).
+towards the bad one (the TIS-DPO code's sign convention,
+``docs/recipe_notes/tis_dpo.md``).
 The three constructions of the paper (Liu et al., ICLR 2025, arXiv 2410.04350):
 
 1. **contrastive prompts** on one model: ``--model M --positive-system harmless

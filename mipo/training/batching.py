@@ -163,9 +163,13 @@ class BatchBuilder:
             list(parts.values()), pad_token_id=models.pad_token_id
         )
         stacked = Stacked(
-            input_ids=ids, attention_mask=mask, labels=labels, rows=tuple(rows)
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            rows=tuple(rows),
+            needs=self.needs,
         )
-        values: dict[Need, Tensor] = {}
+        values: dict[Need | str, Tensor] = {}
         for service in self.services:
             values |= service.before_forward(stacked, batch, models)
         forward = self._forward(models, stacked)
@@ -261,7 +265,7 @@ class BatchBuilder:
     def _sides(
         self,
         forward: Forward,
-        values: dict[Need, Tensor],
+        values: dict[Need | str, Tensor],
         parts: list[tuple[str, Any]],
     ) -> dict[str, Side]:
         """One :class:`Side` per part, each needed field from its provider."""
@@ -292,6 +296,8 @@ class BatchBuilder:
                     fields[need.value] = _shifted_column(
                         getattr(data, need.value), length, need.value
                     )
+            if index < 2:  # companion fields no need names (module docstring)
+                fields |= {k: v[part] for k, v in values.items() if isinstance(k, str)}
             sides[name] = Side(**fields)
         return sides
 

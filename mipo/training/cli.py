@@ -43,12 +43,15 @@ class CommandLine:
             values from a YAML file), command line applied last.
         resume: a run directory to continue.
         show_help: ``--help`` was given.
+        preset: a named set of overrides the recipe defines (``--preset NAME``);
+            the config file and the command line win over it.
     """
 
     recipe: str | None
     overrides: dict[str, Any] = field(default_factory=dict)
     resume: str | None = None
     show_help: bool = False
+    preset: str | None = None
 
 
 def parse_command_line(argv: list[str]) -> CommandLine:
@@ -56,6 +59,7 @@ def parse_command_line(argv: list[str]) -> CommandLine:
     recipe: str | None = None
     config_file: str | None = None
     resume: str | None = None
+    preset: str | None = None
     show_help = False
     command_line: dict[str, Any] = {}
     args = list(argv)
@@ -63,8 +67,8 @@ def parse_command_line(argv: list[str]) -> CommandLine:
         arg = args.pop(0)
         if arg in ("-h", "--help"):
             show_help = True
-        elif arg in ("--config", "--resume") or arg.startswith(
-            ("--config=", "--resume=")
+        elif arg in ("--config", "--resume", "--preset") or arg.startswith(
+            ("--config=", "--resume=", "--preset=")
         ):
             name, _, value = arg.partition("=")
             if not value:
@@ -73,6 +77,8 @@ def parse_command_line(argv: list[str]) -> CommandLine:
                 value = args.pop(0)
             if name == "--config":
                 config_file = value
+            elif name == "--preset":
+                preset = value
             else:
                 resume = value
         elif arg.startswith("--"):
@@ -92,8 +98,31 @@ def parse_command_line(argv: list[str]) -> CommandLine:
     overrides = load_config_file(config_file) if config_file else {}
     overrides.update(command_line)
     return CommandLine(
-        recipe=recipe, overrides=overrides, resume=resume, show_help=show_help
+        recipe=recipe,
+        overrides=overrides,
+        resume=resume,
+        show_help=show_help,
+        preset=preset,
     )
+
+
+def with_preset(
+    recipe: Recipe, preset: str | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """``overrides`` on top of the recipe's preset ``preset`` (none: unchanged).
+
+    Raises:
+        OverrideError: when the recipe has no such preset (the message lists them).
+    """
+    if preset is None:
+        return dict(overrides)
+    if preset not in recipe.presets:
+        known = ", ".join(sorted(recipe.presets)) or "none"
+        raise OverrideError(
+            f"--preset {preset}: recipe {recipe.name!r} has no such preset (presets: "
+            f"{known})"
+        )
+    return {**recipe.presets[preset], **overrides}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -286,7 +315,8 @@ def help_text(recipe: Recipe | None) -> str:
     """Usage plus every overridable key with its type and default."""
     lines = [
         "usage: python -m mipo.train RECIPE.py [--train.FIELD=VALUE ...] "
-        "[--objective.NAME=VALUE ...] [--config FILE.yaml] [--resume RUN_DIR]",
+        "[--objective.NAME=VALUE ...] [--preset NAME] [--config FILE.yaml] "
+        "[--resume RUN_DIR]",
         "",
         "train options (TrainConfig"
         + (f", defaults of {recipe.name}" if recipe else "")
@@ -303,6 +333,9 @@ def help_text(recipe: Recipe | None) -> str:
         lines += ["", f"objective options (make_objective of {recipe.name}):"]
         for name, (annotation, default) in objective_fields(recipe).items():
             lines.append(f"  --objective.{name}={default!r}  ({describe(annotation)})")
+        for name, values in sorted(recipe.presets.items()):
+            settings = " ".join(f"--{k}={v}" for k, v in values.items())
+            lines += ["", f"--preset {name}: {settings}"]
     return "\n".join(lines)
 
 

@@ -58,7 +58,12 @@ class TrainConfig:
         swap_pairs: train on every pair with chosen and rejected exchanged (the
             reverse DPO model of TIS-DPO's third weight construction).
         eval_max_new_tokens: greedy tokens generated per prompt for the gold-reward
-            evaluation of data sets that carry a gold answer.
+            evaluation.
+        gold: the gold reward as ``module:function`` (a callable ``(prompt,
+            answer) -> float``); empty: the built-in task's own, and none for
+            other data sets. A run with a gold reward scores the greedy answers
+            to the held-out prompts before training, at every evaluation and at
+            the end, and reports the gain with its 95 % bootstrap interval.
         sync_ref_model: move the reference towards the policy during training
             (TR-DPO's soft update, TRL's ``sync_ref_model``; needs
             ``reference="copy"`` and full fine-tuning).
@@ -97,6 +102,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 16
     swap_pairs: bool = False
     padding_free: bool = False
+    gold: str = ""
     sync_ref_model: bool = False
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512

@@ -26,11 +26,19 @@ Two paths compute the same values and gradients:
 
 * ``chunk_size=None`` (eager): the head is applied to every position and the
   ``[batch, L-1, vocab]`` logits are materialised.
-* ``chunk_size=n`` (chunked): only the response rows are gathered; they go through
-  the head ``n`` rows at a time inside one :class:`torch.autograd.Function` that
-  saves the rows and the head weight only and recomputes each chunk's logits in
-  backward. Peak loss-head memory is ``O(n * vocab)`` instead of
-  ``O(batch * L * vocab)``.
+* ``chunk_size=n`` (chunked): the response rows go through the head ``n`` rows
+  at a time inside one :class:`torch.autograd.Function` that saves the hidden
+  states it was given (not a gathered copy), the head weight and the row
+  positions, gathers each chunk's rows from the hidden states, and recomputes
+  each chunk's logits in backward. Peak loss-head memory is
+  ``O(n * vocab + vocab * hidden)`` on top of the hidden states and their
+  gradient, instead of ``O(batch * L * vocab)``.
+
+Under autocast (``torch.autocast`` / accelerate's ``bf16``) both paths compute
+the logits in the autocast dtype, as ``F.linear`` does there, and the
+log-softmax, the KLs and the gradient accumulation in float32. The chunked
+path's backward recomputes the logits in that same dtype and runs its two
+matmuls in it, so the gradient is the one of the logits the loss used.
 """
 
 from dataclasses import dataclass
@@ -186,13 +194,13 @@ def token_stats(
             kl_forward=kl_forward,
             kl_reverse=kl_reverse,
         )
+    batch_index, seq_index = mask.nonzero(as_tuple=True)
     values = _chunked(
-        policy_hidden[:, :-1][mask],
+        policy_hidden,
         _linear_params(policy_head, "policy_head"),
         targets[mask],
-        reference_rows=None
-        if reference_hidden is None
-        else reference_hidden[:, :-1][mask],
+        (batch_index, seq_index),
+        reference_hidden=reference_hidden,
         reference_params=None
         if reference_head is None
         else _linear_params(reference_head, "reference_head"),
@@ -328,56 +336,126 @@ class _RowStats:
     kl_reverse: Float[Tensor, " rows"] | None
 
 
+def _head_dtype(hidden: Tensor) -> torch.dtype:
+    """The dtype ``F.linear`` computes the logits in here: the autocast dtype when
+    autocast is on for the hidden states' device (float64 is never cast), else the
+    hidden states' own dtype."""
+    device = hidden.device.type
+    if (
+        hidden.dtype != torch.float64
+        and torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device)
+    ):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
 def _chunked(
-    rows: Float[Tensor, "rows hidden"],
+    hidden: Float[Tensor, "batch length hidden"],
     params: tuple[Tensor, Tensor | None],
     targets: Int[Tensor, " rows"],
+    positions: tuple[Int[Tensor, " rows"], Int[Tensor, " rows"]],
     *,
-    reference_rows: Float[Tensor, "rows ref_hidden"] | None,
+    reference_hidden: Float[Tensor, "batch length ref_hidden"] | None,
     reference_params: tuple[Tensor, Tensor | None] | None,
     kl_forward: bool,
     kl_reverse: bool,
     chunk_size: int,
 ) -> _RowStats:
     weight, bias = params
-    if reference_rows is None or reference_params is None:
-        reference_weight = reference_bias = None
+    if reference_hidden is None or reference_params is None:
+        reference_hidden = reference_weight = reference_bias = None
     else:
         # The reference is a constant: detached here, it never asks for a gradient
         # (even when it shares the policy's head, as a peft reference does).
-        reference_rows = reference_rows.detach()
+        reference_hidden = reference_hidden.detach()
         reference_weight = reference_params[0].detach()
         reference_bias = (
             None if reference_params[1] is None else reference_params[1].detach()
         )
     logps, reference_logps, forward, reverse = _ChunkedHead.apply(
-        rows,
+        hidden,
         weight,
         bias,
         targets,
-        reference_rows,
+        *positions,
+        reference_hidden,
         reference_weight,
         reference_bias,
         kl_forward,
         kl_reverse,
         chunk_size,
     )
-    has_reference = reference_rows is not None
     return _RowStats(
         logps=logps,
-        reference_logps=reference_logps if has_reference else None,
+        reference_logps=reference_logps if reference_hidden is not None else None,
         kl_forward=forward if kl_forward else None,
         kl_reverse=reverse if kl_reverse else None,
     )
 
 
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Head:
+    """One head, ready for chunks: the logits dtype fixed once per pass.
+
+    ``hidden`` is the caller's ``[batch, length, hidden]`` tensor; a chunk's rows
+    are gathered from it at ``(batch_index, seq_index)`` when the chunk is
+    processed, so no ``[rows, hidden]`` copy outlives a chunk.
+    """
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    batch_index: Tensor
+    seq_index: Tensor
+    matmul_dtype: torch.dtype
+    dtype: torch.dtype
+
+    @staticmethod
+    def of(
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        batch_index: Tensor,
+        seq_index: Tensor,
+        matmul_dtype: torch.dtype,
+        dtype: torch.dtype,
+    ) -> "_Head":
+        return _Head(
+            hidden=hidden,
+            # cast once per pass (a no-op without autocast)
+            weight=weight.to(matmul_dtype),
+            bias=None if bias is None else bias.to(matmul_dtype),
+            batch_index=batch_index,
+            seq_index=seq_index,
+            matmul_dtype=matmul_dtype,
+            dtype=dtype,
+        )
+
+    def rows(self, chunk: slice) -> Tensor:
+        """The chunk's hidden rows in the matmul dtype."""
+        rows = self.hidden[self.batch_index[chunk], self.seq_index[chunk]]
+        return rows.to(self.matmul_dtype)
+
+    def log_softmax(self, rows: Tensor) -> Tensor:
+        """:math:`\\log\\mathrm{softmax}(W h + b)` in the compute dtype."""
+        logits = F.linear(rows, self.weight, self.bias)
+        return F.log_softmax(logits.to(self.dtype), dim=-1)
+
+
 class _ChunkedHead(torch.autograd.Function):
     """Head + log-softmax + gather (+ KLs) over row chunks, recomputed in backward.
 
-    Only the hidden rows, the head parameters and the targets are saved; each
-    chunk's ``[chunk, vocab]`` logits exist only while that chunk is processed.
-    The backward pass uses the closed-form logit gradients (``p = softmax(z)``,
-    ``q`` the reference distribution, ``a_v = log p_v - log q_v``):
+    Only the hidden states (as given, never a gathered copy), the head parameters,
+    the targets and the row positions are saved, and the reference hidden states
+    only when a KL asks for them; each chunk's ``[chunk, vocab]`` logits exist
+    only while that chunk is processed. Forward and backward fix the logits dtype
+    the same way (:func:`_head_dtype`, read in forward and stored), so under
+    autocast the recomputed logits are the forward's and the backward matmuls run
+    in the same low precision, accumulated in float32. The backward pass uses the
+    closed-form logit gradients (``p = softmax(z)``, ``q`` the reference
+    distribution, ``a_v = log p_v - log q_v``):
 
     .. math::
 
@@ -392,55 +470,63 @@ class _ChunkedHead(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        rows: Tensor,
+        hidden: Tensor,
         weight: Tensor,
         bias: Tensor | None,
         targets: Tensor,
-        reference_rows: Tensor | None,
+        batch_index: Tensor,
+        seq_index: Tensor,
+        reference_hidden: Tensor | None,
         reference_weight: Tensor | None,
         reference_bias: Tensor | None,
         want_forward: bool,
         want_reverse: bool,
         chunk_size: int,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        dtype = _compute_dtype(rows.dtype)
-        n = rows.shape[0]
-        logps = rows.new_zeros(n, dtype=dtype)
-        has_reference = reference_rows is not None
-        reference_logps = rows.new_zeros(n if has_reference else 0, dtype=dtype)
-        forward = rows.new_zeros(n if want_forward else 0, dtype=dtype)
-        reverse = rows.new_zeros(n if want_reverse else 0, dtype=dtype)
-        for start in range(0, n, chunk_size):
-            chunk = slice(start, start + chunk_size)
-            lp = F.log_softmax(F.linear(rows[chunk], weight, bias).to(dtype), dim=-1)
-            index = targets[chunk].unsqueeze(-1)
-            logps[chunk] = lp.gather(-1, index).squeeze(-1)
-            if not has_reference:
-                continue
-            lq = F.log_softmax(
-                F.linear(reference_rows[chunk], reference_weight, reference_bias).to(
-                    dtype
+        dtype = _compute_dtype(hidden.dtype)
+        matmul_dtype = _head_dtype(hidden)
+        reference_dtype = (
+            None if reference_hidden is None else _head_dtype(reference_hidden)
+        )
+        with torch.autocast(hidden.device.type, enabled=False):
+            outputs = _chunked_forward(
+                _Head.of(
+                    hidden, weight, bias, batch_index, seq_index, matmul_dtype, dtype
                 ),
-                dim=-1,
+                targets,
+                None
+                if reference_hidden is None or reference_dtype is None
+                else _Head.of(
+                    reference_hidden,
+                    reference_weight,
+                    reference_bias,
+                    batch_index,
+                    seq_index,
+                    reference_dtype,
+                    dtype,
+                ),
+                want_forward,
+                want_reverse,
+                chunk_size,
             )
-            reference_logps[chunk] = lq.gather(-1, index).squeeze(-1)
-            if want_forward:
-                forward[chunk] = kl_from_logps(lq, lp)
-            if want_reverse:
-                reverse[chunk] = kl_from_logps(lp, lq)
+        keep_reference = want_forward or want_reverse
         ctx.save_for_backward(
-            rows,
+            hidden,
             weight,
             bias,
             targets,
-            reference_rows,
-            reference_weight,
-            reference_bias,
+            batch_index,
+            seq_index,
+            # backward reads the reference only for the KLs' gradients
+            reference_hidden if keep_reference else None,
+            reference_weight if keep_reference else None,
+            reference_bias if keep_reference else None,
         )
         ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(reference_logps)
+        ctx.dtypes = (matmul_dtype, reference_dtype)
+        ctx.mark_non_differentiable(outputs[1])
         ctx.set_materialize_grads(False)
-        return logps, reference_logps, forward, reverse
+        return outputs
 
     @staticmethod
     def backward(
@@ -451,58 +537,130 @@ class _ChunkedHead(torch.autograd.Function):
         grad_reverse: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         (
-            rows,
+            hidden,
             weight,
             bias,
             targets,
-            reference_rows,
+            batch_index,
+            seq_index,
+            reference_hidden,
             reference_weight,
             reference_bias,
         ) = ctx.saved_tensors
-        dtype = _compute_dtype(rows.dtype)
-        need_rows, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_rows = torch.zeros_like(rows) if need_rows else None
-        # Accumulate the head gradient in the compute dtype (bf16 sums over many
-        # chunks would lose precision), cast once at the end.
-        grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None
-        grad_bias = (
-            torch.zeros_like(bias, dtype=dtype)
-            if need_bias and bias is not None
-            else None
-        )
-        chunk_size = ctx.chunk_size
-        for start in range(0, rows.shape[0], chunk_size):
-            chunk = slice(start, start + chunk_size)
-            h = rows[chunk]
-            dz = _chunk_logit_gradient(
-                F.log_softmax(F.linear(h, weight, bias).to(dtype), dim=-1),
+        matmul_dtype, reference_dtype = ctx.dtypes
+        dtype = _compute_dtype(hidden.dtype)
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        with torch.autocast(hidden.device.type, enabled=False):
+            grads = _chunked_backward(
+                _Head.of(
+                    hidden, weight, bias, batch_index, seq_index, matmul_dtype, dtype
+                ),
+                targets,
                 None
                 if grad_forward is None and grad_reverse is None
-                else F.log_softmax(
-                    F.linear(
-                        reference_rows[chunk], reference_weight, reference_bias
-                    ).to(dtype),
-                    dim=-1,
+                else _Head.of(
+                    reference_hidden,
+                    reference_weight,
+                    reference_bias,
+                    batch_index,
+                    seq_index,
+                    reference_dtype,
+                    dtype,
                 ),
-                targets[chunk],
-                *(
-                    None if g is None else g[chunk].to(dtype).unsqueeze(-1)
-                    for g in (grad_logps, grad_forward, grad_reverse)
-                ),
+                (grad_logps, grad_forward, grad_reverse),
+                (need_hidden, need_weight, need_bias and bias is not None),
+                ctx.chunk_size,
             )
-            dz_native = dz.to(weight.dtype)
-            if grad_rows is not None:
-                grad_rows[chunk] = (dz_native @ weight).to(rows.dtype)
-            if grad_weight is not None:
-                grad_weight += (dz_native.T @ h).to(dtype)
-            if grad_bias is not None:
-                grad_bias += dz.sum(0)
+        grad_hidden, grad_weight, grad_bias = grads
         return (
-            grad_rows,
+            grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            *(None,) * 7,
+            *(None,) * 9,
         )
+
+
+def _chunked_forward(
+    head: _Head,
+    targets: Tensor,
+    reference: _Head | None,
+    want_forward: bool,
+    want_reverse: bool,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-row log-probs, reference log-probs and KLs, one chunk at a time."""
+    dtype = head.dtype
+    n = targets.shape[0]
+    new = head.hidden.new_zeros
+    logps = new(n, dtype=dtype)
+    reference_logps = new(n if reference is not None else 0, dtype=dtype)
+    forward = new(n if want_forward else 0, dtype=dtype)
+    reverse = new(n if want_reverse else 0, dtype=dtype)
+    for start in range(0, n, chunk_size):
+        chunk = slice(start, start + chunk_size)
+        lp = head.log_softmax(head.rows(chunk))
+        index = targets[chunk].unsqueeze(-1)
+        logps[chunk] = lp.gather(-1, index).squeeze(-1)
+        if reference is None:
+            continue
+        lq = reference.log_softmax(reference.rows(chunk))
+        reference_logps[chunk] = lq.gather(-1, index).squeeze(-1)
+        if want_forward:
+            forward[chunk] = kl_from_logps(lq, lp)
+        if want_reverse:
+            reverse[chunk] = kl_from_logps(lp, lq)
+    return logps, reference_logps, forward, reverse
+
+
+def _chunked_backward(
+    head: _Head,
+    targets: Tensor,
+    reference: _Head | None,
+    upstream: tuple[Tensor | None, Tensor | None, Tensor | None],
+    needs: tuple[bool, bool, bool],
+    chunk_size: int,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients w.r.t. the hidden states, the head weight and the bias.
+
+    The hidden-state gradient is written straight into a tensor shaped like the
+    hidden states (zero off the response rows).
+    """
+    dtype = head.dtype
+    need_hidden, need_weight, need_bias = needs
+    grad_hidden = torch.zeros_like(head.hidden) if need_hidden else None
+    # Accumulate the head gradient in the compute dtype (low-precision sums over
+    # many chunks would lose precision), cast once by the caller.
+    grad_weight = (
+        torch.zeros(head.weight.shape, dtype=dtype, device=head.weight.device)
+        if need_weight
+        else None
+    )
+    grad_bias = (
+        torch.zeros(head.weight.shape[0], dtype=dtype, device=head.weight.device)
+        if need_bias
+        else None
+    )
+    for start in range(0, targets.shape[0], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        h = head.rows(chunk)
+        dz = _chunk_logit_gradient(
+            head.log_softmax(h),
+            None if reference is None else reference.log_softmax(reference.rows(chunk)),
+            targets[chunk],
+            *(
+                None if g is None else g[chunk].to(dtype).unsqueeze(-1)
+                for g in upstream
+            ),
+        )
+        dz_low = dz.to(head.matmul_dtype)
+        if grad_hidden is not None:
+            where = (head.batch_index[chunk], head.seq_index[chunk])
+            grad_hidden[where] = (dz_low @ head.weight).to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight += (dz_low.T @ h).to(dtype)
+        if grad_bias is not None:
+            grad_bias += dz.sum(0)
+    return grad_hidden, grad_weight, grad_bias
 
 
 def _chunk_logit_gradient(

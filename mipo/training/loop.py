@@ -10,7 +10,7 @@ from itertools import islice
 from typing import Any
 
 from mipo.training import checkpoint as checkpoints
-from mipo.training.evaluate import evaluate_pairs
+from mipo.training.evaluate import evaluate_step
 from mipo.training.loaders import make_loader
 from mipo.training.step import micro_step, optimizer_step
 
@@ -84,32 +84,12 @@ def after_step(run: Any, bar: Any, grad_norm: Any, learning_rate: float) -> None
             {"loss": f"{record['loss']:.4f}", "rewards/accuracies": f"{accuracy:.2f}"}
         )
     if config.eval_steps and step % config.eval_steps == 0 and step < progress.stop:
-        evaluation = evaluate_run_pairs(run)
-        if run.log is not None and evaluation:
-            run.log.log({"step": step, **evaluation})
+        evaluation = evaluate_step(run, step)
+        if run.log is not None and len(evaluation) > 1:
+            run.log.log(evaluation)
+        run.metrics.restart_clock()  # step times leave evaluation out
     if config.save_steps and step % config.save_steps == 0:
         checkpoints.save(run)
 
 
-def evaluate_run_pairs(run: Any) -> dict[str, Any]:
-    """The held-out evaluation of ``run``'s current policy (empty without
-    held-out pairs)."""
-    if not run.data.eval:
-        return {}
-    return evaluate_pairs(
-        run.objective,
-        run.models,
-        run.eval_loader,
-        device=run.device,
-        services=run.services,
-        chunk_size=run.config.logps_chunk_size or None,
-    )
-
-
-__all__ = [
-    "accumulation_groups",
-    "after_step",
-    "epoch_loader",
-    "evaluate_run_pairs",
-    "fit",
-]
+__all__ = ["accumulation_groups", "after_step", "epoch_loader", "fit"]

@@ -19,15 +19,20 @@ from torch import Tensor
 class MetricsAccumulator:
     """Sums of per-micro-batch metrics since the last logging step."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, step: int = 0) -> None:
         self.device = device
-        self.reset()
+        self.reset(step)
 
-    def reset(self) -> None:
-        """Start a new logging window."""
+    def reset(self, step: int) -> None:
+        """Start a new logging window after optimiser step ``step``."""
         self.sums: dict[str, Tensor] = {}
         self.count = 0
         self.tokens = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.step = step
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Time from now on (step times leave evaluation out)."""
         self.started = time.perf_counter()
 
     def add(self, metrics: Mapping[str, Tensor], tokens: Tensor) -> None:
@@ -65,8 +70,10 @@ class MetricsAccumulator:
         record["learning_rate"] = learning_rate
         record["grad_norm"] = norm_value
         record["tokens_per_second"] = tokens / max(seconds, 1e-9)
+        record["num_tokens"] = int(tokens)
+        record["step_seconds"] = seconds / max(step - self.step, 1)
         record["peak_memory_mb"] = peak_memory_mb(self.device)
-        self.reset()
+        self.reset(step)
         return record
 
 

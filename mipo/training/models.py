@@ -101,7 +101,7 @@ def load_causal_lm(path: str) -> nn.Module:
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     # A GGUF-converted config may still carry its quantisation block, which makes
-    # Hugging Face tooling refuse to fine-tune (assets.md 2.4).
+    # Hugging Face tooling refuse to fine-tune.
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     disable_dropout(model)

@@ -49,6 +49,12 @@ class Recipe:
         return self.module.train
 
     @property
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Named sets of dotted overrides (``--preset NAME``), e.g. the authors'
+        released settings; the module's ``presets`` (none by default)."""
+        return dict(getattr(self.module, "presets", {}))
+
+    @property
     def doc(self) -> str:
         """The recipe's module docstring."""
         return inspect.getdoc(self.module) or ""

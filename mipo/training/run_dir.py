@@ -72,6 +72,29 @@ class MetricsLog:
         self.writer.close()
 
 
+SCORES_FILE = "eval_scores.json"
+"""Per-prompt gold rewards and per-pair reward correctness at each evaluation."""
+
+
+class EvalScores:
+    """``eval_scores.json``: ``{"gold": {step: [score per held-out prompt]},
+    "correct": {step: [1.0 or 0.0 per held-out pair]}}``, rewritten atomically
+    after every evaluation; a resumed run keeps what its first part wrote."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / SCORES_FILE
+        self.data: dict[str, dict[str, list[float]]] = (
+            json.loads(self.path.read_text()) if self.path.is_file() else {}
+        )
+
+    def add(self, kind: str, step: int, values: list[float]) -> None:
+        self.data.setdefault(kind, {})[str(step)] = list(values)
+        write_json(self.path, self.data)
+
+    def get(self, kind: str, step: int) -> list[float] | None:
+        return self.data.get(kind, {}).get(str(step))
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Every line of ``metrics.jsonl`` (empty when absent)."""
     path = run_dir / "metrics.jsonl"

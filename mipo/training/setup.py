@@ -25,6 +25,7 @@ from mipo.training import checkpoint as checkpoints
 from mipo.training.batching import BatchBuilder, CausalLMBody, check_served
 from mipo.training.cli import OverrideError, jsonable, resolve
 from mipo.training.config import TrainConfig
+from mipo.training.gold import resolve_gold
 from mipo.training.loaders import RunData, load_run_data, make_loader
 from mipo.training.metrics import MetricsAccumulator
 from mipo.training.models import check_reference_kind, load_models
@@ -35,7 +36,13 @@ from mipo.training.recipes import (
     recipe_of_run,
     save_composed,
 )
-from mipo.training.run_dir import MetricsLog, latest_checkpoint, new_run_dir, write_json
+from mipo.training.run_dir import (
+    EvalScores,
+    MetricsLog,
+    latest_checkpoint,
+    new_run_dir,
+    write_json,
+)
 from mipo.training.services import (
     Models,
     ReferenceCache,
@@ -79,10 +86,11 @@ class Run:
     metrics: MetricsAccumulator
     log: MetricsLog | None
     eval_loader: Any
-    gold_before: float | None = None
     reference_calls_before: int = 0
     last_record: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
+    gold_reward: Any = None
+    scores: EvalScores | None = None
 
     @property
     def device(self) -> torch.device:
@@ -281,9 +289,12 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
         eval_loader=_eval_loader(config, data, models.pad_token_id),
         reference_calls_before=getattr(models.reference, "calls", 0),
         resumed=checkpoint is not None,
+        gold_reward=resolve_gold(config.dataset, config.gold),
+        scores=EvalScores(run_dir) if accelerator.is_main_process else None,
     )
     if checkpoint is not None:
         checkpoints.restore(run, checkpoint)
+    run.metrics.reset(run.progress.step)
     return run
 
 

@@ -9,7 +9,7 @@ CPU, one GPU, or under ``accelerate launch`` (DDP, FSDP, DeepSpeed; see
 
 Python API::
 
-    from mipo.train import train
+    from mipo.training.trainer import train
     result = train("recipes/dpo.py", overrides={"train.max_steps": 2})
     result.run_dir, result.metrics, result.eval
 """
@@ -21,14 +21,15 @@ from typing import Any, final
 
 from mipo.errors import NonFiniteLossError
 from mipo.training import checkpoint as checkpoints
-from mipo.training.cli import OverrideError, help_text, parse_command_line
-from mipo.training.evaluate import evaluate_run, gold_accuracy
-from mipo.training.loop import evaluate_run_pairs, fit
+from mipo.training.cli import OverrideError, help_text, parse_command_line, with_preset
+from mipo.training.evaluate import evaluate_run, evaluate_step
+from mipo.training.loop import fit
 from mipo.training.recipes import Recipe, load_recipe
 from mipo.training.run_dir import write_json, write_plots
 from mipo.training.services.learned_prior import PRIOR_FILE
 from mipo.training.services.masks import MASK_MODEL_FILE
 from mipo.training.setup import Run, setup_run
+from mipo.training.summary import summary
 
 
 @final
@@ -77,8 +78,11 @@ def train(
 
     run = setup_run(recipe, overrides or {}, resume=resume, stop_after=stop_after)
     main_process = run.accelerator.is_main_process
-    if not run.resumed and main_process:
-        run.gold_before = _gold(run)
+    if not run.resumed and run.gold_reward is not None and run.data.eval_records:
+        before = evaluate_step(run, 0)
+        if run.log is not None:
+            run.log.log(before)
+    run.metrics.restart_clock()
     bar = tqdm(
         total=run.progress.total_steps,
         initial=run.progress.step,
@@ -96,16 +100,6 @@ def train(
     return _finish(run)
 
 
-def _gold(run: Run) -> float | None:
-    return gold_accuracy(
-        run.models.policy,
-        run.tokenizer,
-        run.data.eval_records,
-        device=run.device,
-        max_new_tokens=run.config.eval_max_new_tokens,
-    )
-
-
 def _finish(run: Run) -> TrainResult:
     """Final checkpoint and evaluation, outputs closed, the result."""
     progress = run.progress
@@ -113,19 +107,15 @@ def _finish(run: Run) -> TrainResult:
         checkpoints.save(run)
     result_eval: dict[str, Any] = {}
     if progress.step >= progress.total_steps:
-        result_eval = evaluate_run_pairs(run)
+        result_eval = evaluate_step(run, progress.step)
         if run.accelerator.is_main_process:
-            gold_after = _gold(run)
-            if gold_after is not None:
-                result_eval["eval/gold_accuracy_after"] = gold_after
-                if run.gold_before is not None:
-                    result_eval["eval/gold_accuracy_before"] = run.gold_before
-            result_eval["step"] = progress.step
             write_json(run.run_dir / "eval.json", result_eval)
-            for key, value in result_eval.items():
-                print(f"{key}: {value}")
+            if run.log is not None:
+                run.log.log(result_eval)
     _close(run)
     if run.log is not None:
+        if result_eval:
+            print(summary(run.recipe.name, run.config, run.run_dir, result_eval))
         print(f"outputs: {run.run_dir}")
     reference = run.models.reference
     calls = 0 if reference is None else reference.calls - run.reference_calls_before
@@ -153,7 +143,13 @@ def main(argv: list[str] | None = None) -> None:
             recipe = load_recipe(command.recipe) if command.recipe else None
             print(help_text(recipe))
             return
-        train(command.recipe, command.overrides, resume=command.resume)
+        overrides = command.overrides
+        if command.preset is not None:
+            recipe = load_recipe(command.recipe) if command.recipe else None
+            if recipe is None:
+                raise OverrideError("--preset needs a recipe")
+            overrides = with_preset(recipe, command.preset, overrides)
+        train(command.recipe, overrides, resume=command.resume)
     except (OverrideError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,7 @@ as the batch-level side ``anchor``.
 References:
     Yang et al., arXiv 2505.19653 v3, Sec. 4.3 (the paper starts the anchor from
     $y_w$; the released code ``trainers.py`` at ``e04a0926`` samples it from the
-    prompt, which mipo follows; methods.md §11.3 (5), §11.7 item 5).
+    prompt, which mipo follows; ``docs/recipe_notes/ti_dpo.md``).
 """
 
 from typing import Any

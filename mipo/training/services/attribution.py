@@ -20,7 +20,7 @@ rows (the anchor's weights are never read).
 References:
     Yang et al., "Token-Importance Guided Direct Preference Optimization", arXiv
     2505.19653 v3, Sec. 4.2, Eq. 5-6; released code ``gradient_attribution.py``
-    at ``e04a0926`` (methods.md §11.3 (1)).
+    at ``e04a0926`` (``docs/recipe_notes/ti_dpo.md``).
 """
 
 import contextlib
@@ -85,7 +85,7 @@ def attribution_scores(
         ValueError: when a row has no valid token.
 
     References:
-        arXiv 2505.19653 v3, Eq. 5-6; methods.md §11.3 (1).
+        arXiv 2505.19653 v3, Eq. 5-6; ``docs/recipe_notes/ti_dpo.md``.
     """
     last = last_valid_position(attention_mask)
     empty = (last < 0).nonzero().flatten().tolist()
@@ -123,14 +123,18 @@ class AttributionService(Service, spec=GradientAttribution):
         stacked: Stacked,
         batch: Any,  # noqa: ARG002
         models: Models,
-    ) -> dict[Need, Tensor]:
+    ) -> dict[Need | str, Tensor]:
         pairs = stacked.pair_rows
         scores = attribution_scores(
             models.policy,
             stacked.input_ids[:pairs],
             stacked.attention_mask[:pairs],
-        )[:, 1:]
-        return {Need.ATTRIBUTION_SCORES: scores.float()}
+        )
+        out: dict[Need | str, Tensor] = {Need.ATTRIBUTION_SCORES: scores[:, 1:].float()}
+        if Need.SEQUENCE_MASK in stacked.needs:
+            # the "sequence" span counts the first token, which predicts nothing
+            out["first_token_attribution"] = scores[:, 0].float()
+        return out
 
 
 __all__ = [

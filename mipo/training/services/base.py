@@ -22,7 +22,10 @@ everything model-side about it:
 Every value a service returns is a tensor over the rows of the stacked forward
 (chosen rows, then rejected rows, then generated rows), on the shifted axis; it
 may cover only the first rows (the chosen and rejected ones), and the table of
-needs (:data:`mipo.needs.NEEDS`) decides which sides receive it.
+needs (:data:`mipo.needs.NEEDS`) decides which sides receive it. A value keyed
+by a :class:`~mipo.batch.Side` field name instead of a need is a companion of
+the service's fields that no need names (the attribution score of the first
+token): it goes to the chosen and rejected sides.
 
 A service class registers itself for its spec type when it is defined::
 
@@ -80,12 +83,14 @@ class Stacked:
         attention_mask: ``[rows, length]``.
         labels: ``[rows, length]``, -100 off the responses.
         rows: rows per part (chosen, rejected, then generated sides).
+        needs: the needs this batch build fills.
     """
 
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor
     rows: tuple[int, ...]
+    needs: frozenset[Need] = frozenset()
 
     @property
     def pair_rows(self) -> int:
@@ -234,7 +239,7 @@ class Service:
         stacked: Stacked,  # noqa: ARG002
         batch: Any,  # noqa: ARG002
         models: Models,  # noqa: ARG002
-    ) -> dict[Need, Tensor]:
+    ) -> dict[Need | str, Tensor]:
         """Fields computed from the stacked inputs, before the forwards."""
         return {}
 
@@ -251,7 +256,7 @@ class Service:
         forward: Forward,  # noqa: ARG002
         batch: Any,  # noqa: ARG002
         models: Models,  # noqa: ARG002
-    ) -> dict[Need, Tensor]:
+    ) -> dict[Need | str, Tensor]:
         """Fields computed from the forwards."""
         return {}
 

@@ -5,8 +5,9 @@ $\log\zeta_\phi(y_t|s_t) = \log\operatorname{softmax}(o^{ref}(s_t) + \phi)_{y_t}
 Its service (:class:`MarginalFitService`) owns one :class:`LogitBiasPrior`;
 :func:`fit_prior_to_policy` is the
 Blahut–Arimoto prior step (maximum likelihood on responses sampled from the
-current policy, ``objective.md`` §7.3), and :meth:`LogitBiasPrior.token_logps`
-gives the detached $\log\zeta_\phi$ that reaches $J$ as ``prior_logps``. The
+current policy, ``docs/objective.md#the-prior-step-blahut-arimoto``), and
+:meth:`LogitBiasPrior.token_logps` gives the detached $\log\zeta_\phi$ that reaches
+$J$ as ``prior_logps``. The
 bias is trained by its own objective only; $J$ never differentiates it.
 """
 

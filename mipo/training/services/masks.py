@@ -10,9 +10,9 @@ into the reward mask $m^u$ and the KL mask $m^d$ on the shifted ``seq`` axis
 label $y_t$ predicted from the state at unshifted position $t$, so every
 captured ``[batch, length, ...]`` tensor maps to ``[:, :-1]``.
 
-- :class:`ActivationMaskModel` (MaPO, ``methods.md`` §9.2): no parameters; the
-  masks are constants in $[0, 1]$.
-- :class:`LearnedMaskModel` (SparsePO ``simple_all``, §9.3): trainable; the
+- :class:`ActivationMaskModel` (MaPO, ``docs/recipe_notes/sparsepo.md``): no
+  parameters; the masks are constants in $[0, 1]$.
+- :class:`LearnedMaskModel` (SparsePO ``simple_all``): trainable; the
   reference states it reads are captured under ``no_grad``, so gradients of $J$
   reach the mask parameters only.
 
@@ -169,7 +169,7 @@ class AbstractMaskModel(nn.Module, abc.ABC):
 
 class ActivationMaskModel(AbstractMaskModel):
     r"""MaPO: $m^u = m^d$ = mean over groups of the mean over each group's hooks of
-    the min-max rescaled hidden-dimension mean (``methods.md`` §9.2). Constant."""
+    the min-max rescaled hidden-dimension mean (MaPO). Constant."""
 
     def __init__(self, groups: tuple[str, ...]) -> None:
         super().__init__()

@@ -7,6 +7,12 @@ Variants (one subprocess each, so that peak RSS is per variant):
   mean, plus a reference forward under ``no_grad``.
 * ``trl``: ``DPOTrainer.compute_loss(model, inputs)`` (TRL's own fused-LM-head
   log-probs, sigmoid loss, its metrics) + backward.
+* ``trl_liger``: the same with ``DPOConfig(use_liger_kernel=True)``; TRL applies
+  Liger's layer kernels (RMSNorm, RoPE, SwiGLU; not its fused linear
+  cross-entropy, which TRL refuses) when training starts, so this benchmark,
+  which calls ``compute_loss`` directly, applies them the way the trainer does
+  (``transformers.integrations.liger.apply_liger_kernel``). Liger's kernels are
+  Triton kernels: where they cannot run (no GPU) the variant reports the error.
 * ``mipo_eager``: :func:`mipo.training.logps.final_hidden_states` +
   :func:`mipo.training.logps.token_stats` (``chunk_size=None``) + the ``dpo`` recipe's
   ``Objective`` + backward.
@@ -18,7 +24,11 @@ rejected rows, right-padded) and runs ``--warmup`` untimed then ``--steps`` time
 loss+backward steps (no optimiser step, identical for all). Reported: median
 step time, its ratio to ``floor``, tokens/s (non-padding tokens of chosen +
 rejected per second), and peak RSS of the process (``ru_maxrss``), which
-includes the two models and Python/torch (printed separately as ``base``).
+includes the two models and Python/torch (printed separately as ``base``); on
+CUDA (``--device cuda``) also the peak of ``torch.cuda.max_memory_allocated``
+during the steps. ``--bf16`` runs every variant's forward under
+``torch.autocast(device, bfloat16)`` (the same for all). ``--json PATH`` writes
+the results.
 
 The model is SmolLM2-135M-Instruct when ``mipo.training.assets.smollm2_dir()`` finds it
 cached, else a randomly initialised model of the same architecture (LlamaConfig
@@ -28,6 +38,8 @@ the weights.
 Usage::
 
     python benchmarks/dpo_vs_trl.py --pairs 4 --prompt-length 64 --completion-length 64
+    python benchmarks/dpo_vs_trl.py --device cuda --bf16 --pairs 8 \
+        --prompt-length 512 --completion-length 512 --json dpo.json
 """
 
 import argparse
@@ -42,7 +54,7 @@ from typing import Any
 
 import torch
 
-VARIANTS = ("floor", "trl", "mipo_eager", "mipo_chunked")
+VARIANTS = ("floor", "trl", "trl_liger", "mipo_eager", "mipo_chunked")
 
 
 def smollm2_sized_config() -> Any:
@@ -112,7 +124,8 @@ def make_batch(args: argparse.Namespace, vocab: int) -> dict[str, torch.Tensor]:
                 "rejected_ids": ids(length(args.completion_length)),
             }
         )
-    return DataCollatorForPreference(pad_token_id=2)(examples)
+    batch = DataCollatorForPreference(pad_token_id=2)(examples)
+    return {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
@@ -126,7 +139,7 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
                 reference(input_ids=ids, attention_mask=attention)
 
         return step
-    if variant == "trl":
+    if variant in ("trl", "trl_liger"):
         import datasets
         import trl
         from tokenizers import Tokenizer, models
@@ -144,11 +157,12 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
         config = trl.DPOConfig(
             output_dir=tempfile.mkdtemp(),
             beta=0.1,
-            bf16=False,
+            bf16=args.bf16,
             gradient_checkpointing=False,
-            use_cpu=True,
+            use_cpu=args.device == "cpu",
             report_to="none",
             per_device_train_batch_size=args.pairs,
+            use_liger_kernel=variant == "trl_liger",
         )
         dummy = datasets.Dataset.from_list(
             [{"prompt": "<s>", "chosen": "<s>", "rejected": "<s>"}]
@@ -161,6 +175,11 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
             processing_class=tokenizer,
         )
         trainer.model.train()
+        if variant == "trl_liger":
+            from transformers.integrations.liger import apply_liger_kernel
+
+            # what Trainer.train() does first with use_liger_kernel=True
+            apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
 
         def step() -> None:
             trainer.compute_loss(trainer.model, batch).backward()
@@ -202,12 +221,24 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     policy, reference, source = load_models(args.seed)
+    policy.to(args.device)
+    reference.to(args.device)
     batch = make_batch(args, policy.config.vocab_size)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    step = step_fn(args.variant, policy, reference, batch, args)
+    cuda = args.device.startswith("cuda")
+    inner = step_fn(args.variant, policy, reference, batch, args)
+
+    def step() -> None:
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+            inner()
+        if cuda:
+            torch.cuda.synchronize()
+
     times = []
     for i in range(args.warmup + args.steps):
         policy.zero_grad(set_to_none=True)
+        if cuda and i == args.warmup:
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         step()
         if i >= args.warmup:
@@ -222,6 +253,7 @@ def child(args: argparse.Namespace) -> None:
         "padded_shape": list(batch["input_ids"].shape),
         "base_rss": base_rss,
         "peak_rss": peak_rss,
+        "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,
     }
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -238,12 +270,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
+    parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()
     if args.variant is not None:
         child(args)
         return
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--variants")]
-    results = {}
+    passthrough = _without_options(sys.argv[1:], ("--variants", "--json"))
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
     for variant in args.variants:
         out = subprocess.run(
             [sys.executable, __file__, *passthrough, "--variant", variant],
@@ -253,30 +289,67 @@ def main() -> None:
         )
         lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
-            print(f"{variant} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+            failures[variant] = _last_error(out.stderr or out.stdout)
+            print(f"{variant} failed: {failures[variant]}", flush=True)
             continue
         results[variant] = json.loads(lines[-1][len("RESULT ") :])
         print(f"# {variant}: {results[variant]['times_s']}", flush=True)
+    setup = (
+        f"batch {args.pairs} pairs, prompt <= {args.prompt_length}, completion <= "
+        f"{args.completion_length}; torch {torch.__version__}; device {args.device}; "
+        f"bf16 autocast {args.bf16}; threads {args.threads}"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"setup": setup, "results": results, "failures": failures}, f)
     if not results:
         return
     first = next(iter(results.values()))
     print(
-        f"# model: {first['source']}; batch {args.pairs} pairs, padded "
-        f"{first['padded_shape']}, {first['tokens']} tokens; torch "
-        f"{torch.__version__}; threads {args.threads}"
+        f"# model: {first['source']}; padded {first['padded_shape']}, "
+        f"{first['tokens']} tokens; {setup}"
     )
     floor = results.get("floor", {}).get("median_s")
+    trl_time = results.get("trl", {}).get("median_s")
     print(
-        "| variant | step (s) | / floor | tokens/s | peak RSS (MiB) | base RSS (MiB) |"
+        "| variant | step (s) | / floor | / TRL | tokens/s | peak RSS (MiB) | "
+        "base RSS (MiB) | CUDA peak (MiB) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for variant, r in results.items():
         ratio = f"{r['median_s'] / floor:.2f}" if floor else "-"
+        to_trl = f"{r['median_s'] / trl_time:.2f}" if trl_time else "-"
+        cuda = "-" if r.get("cuda_peak") is None else f"{r['cuda_peak'] / 2**20:,.0f}"
         print(
-            f"| {variant} | {r['median_s']:.2f} | {ratio} | "
+            f"| {variant} | {r['median_s']:.3f} | {ratio} | {to_trl} | "
             f"{r['tokens'] / r['median_s']:.0f} | {r['peak_rss'] / 2**20:,.0f} | "
-            f"{r['base_rss'] / 2**20:,.0f} |"
+            f"{r['base_rss'] / 2**20:,.0f} | {cuda} |"
         )
+    for variant, error in failures.items():
+        print(f"| {variant} | failed: {error} | | | | | | |")
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the options in ``names`` and their values."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg.split("=", 1)[0] in names
+            if skipping:
+                continue
+        elif skipping:
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _last_error(text: str) -> str:
+    """The last line of a traceback that names an exception, or the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "no output"
 
 
 if __name__ == "__main__":

@@ -11,10 +11,15 @@ DPO on the same model and batch, through the trainer's batch builder.
 
     python benchmarks/otpo_overhead.py                      # both parts
     python benchmarks/otpo_overhead.py --model tiny --lengths 256
+    python benchmarks/otpo_overhead.py --skip-step --device cuda --json otpo.json
+
+On CUDA (``--device cuda``) the hidden states live on the GPU, every timing is
+synchronised, and the POT numpy loop includes its copies to and from the host.
 """
 
 import argparse
 import copy
+import json
 import platform
 import statistics
 import time
@@ -30,18 +35,26 @@ from mipo.batch import PairBatch, Side
 from mipo.primitives import ReferencePrior, TransportTokenWeights
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
+def timed(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
     """Median wall time of ``repeats`` calls after one warm-up call (seconds)."""
-    fn()
+
+    def call() -> None:
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def random_pairs(batch: int, length: int, hidden: int, seed: int = 0) -> PairBatch:
+def random_pairs(
+    batch: int, length: int, hidden: int, seed: int = 0, device: str = "cpu"
+) -> PairBatch:
     """Hidden states ~ N(0, 1) + 1 (norms dominate, as for real last-layer states);
     a 10% prompt and responses covering 30-90% of the padded length."""
     generator = torch.Generator().manual_seed(seed)
@@ -56,9 +69,9 @@ def random_pairs(batch: int, length: int, hidden: int, seed: int = 0) -> PairBat
             mask[row, start : start + n] = True
         states = torch.randn(batch, length, hidden, generator=generator) + 1.0
         return Side(
-            policy_logps=torch.zeros(batch, length),
-            response_mask=mask,
-            hidden_states=states,
+            policy_logps=torch.zeros(batch, length, device=device),
+            response_mask=mask.to(device),
+            hidden_states=states.to(device),
         )
 
     return PairBatch(chosen=one(), rejected=one())
@@ -94,25 +107,31 @@ def pot_torch_loop(batch: PairBatch, eps: float) -> list[torch.Tensor]:
     return plans
 
 
-def solver_part(lengths: list[int], pairs: int, hidden: int, repeats: int) -> None:
-    print(f"\n## Solver: {pairs} pairs, hidden {hidden}, eps in (1.0, 0.1), tau 0.2")
+def solver_part(
+    lengths: list[int], pairs: int, hidden: int, repeats: int, device: str = "cpu"
+) -> list[dict[str, float]]:
+    print(
+        f"\n## Solver: {pairs} pairs, hidden {hidden}, eps in (1.0, 0.1), tau 0.2, "
+        f"device {device}"
+    )
     print(
         "| T | eps | torch batched f32 | torch batched f64 | POT numpy loop | "
         "POT torch loop | numpy loop / torch f32 | max abs diff f64 vs POT |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for length in lengths:
-        batch = random_pairs(pairs, length, hidden)
+        batch = random_pairs(pairs, length, hidden, device=device)
         for eps in (1.0, 0.1):
             f32 = TransportTokenWeights(eps=eps)
             f64 = TransportTokenWeights(eps=eps, precision="float64")
             pot = TransportTokenWeights(
                 eps=eps, precision="float64", solver=PotSinkhorn()
             )
-            t32 = timed(lambda w=f32, b=batch: w(b), repeats)
-            t64 = timed(lambda w=f64, b=batch: w(b), repeats)
-            tpot = timed(lambda w=pot, b=batch: w(b), repeats)
-            ttorch = timed(lambda e=eps, b=batch: pot_torch_loop(b, e), repeats)
+            t32 = timed(lambda w=f32, b=batch: w(b), repeats, device)
+            t64 = timed(lambda w=f64, b=batch: w(b), repeats, device)
+            tpot = timed(lambda w=pot, b=batch: w(b), repeats, device)
+            ttorch = timed(lambda e=eps, b=batch: pot_torch_loop(b, e), repeats, device)
             diff = max(
                 float((a - b).abs().max())
                 for a, b in zip(f64(batch), pot(batch), strict=True)
@@ -120,8 +139,21 @@ def solver_part(lengths: list[int], pairs: int, hidden: int, repeats: int) -> No
             print(
                 f"| {length} | {eps} | {t32 * 1e3:.0f} ms | {t64 * 1e3:.0f} ms | "
                 f"{tpot * 1e3:.0f} ms | {ttorch * 1e3:.0f} ms | "
-                f"{tpot / t32:.1f}x | {diff:.1e} |"
+                f"{tpot / t32:.1f}x | {diff:.1e} |",
+                flush=True,
             )
+            rows.append(
+                {
+                    "T": length,
+                    "eps": eps,
+                    "torch_f32_s": t32,
+                    "torch_f64_s": t64,
+                    "pot_numpy_loop_s": tpot,
+                    "pot_torch_loop_s": ttorch,
+                    "max_abs_diff_f64_vs_pot": diff,
+                }
+            )
+    return rows
 
 
 def step_part(model_name: str, pairs: int, response: int, repeats: int) -> None:
@@ -221,6 +253,8 @@ def main() -> None:
     # one thread: on a shared, oversubscribed CPU two intra-op threads made every
     # small kernel ~40x slower (12 ms vs 0.26 ms for one 8x256x256 bmm)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the solver runs")
+    parser.add_argument("--json", help="write the solver rows to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -228,7 +262,12 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     if not args.skip_solver:
-        solver_part(args.lengths, args.pairs, args.hidden, args.repeats)
+        rows = solver_part(
+            args.lengths, args.pairs, args.hidden, args.repeats, args.device
+        )
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": args.device, "solver": rows}, f, indent=2)
     if not args.skip_step:
         step_part(args.model, args.step_pairs, args.step_response, args.repeats)
 

@@ -13,8 +13,8 @@ Variants (one subprocess each, so that peak RSS is per variant):
   which calls ``compute_loss`` directly, applies them the way the trainer does
   (``transformers.integrations.liger.apply_liger_kernel``). Liger's kernels are
   Triton kernels: where they cannot run (no GPU) the variant reports the error.
-* ``mipo_eager``: :func:`mipo.logps.final_hidden_states` +
-  :func:`mipo.logps.token_stats` (``chunk_size=None``) + the ``dpo`` recipe's
+* ``mipo_eager``: :func:`mipo.training.logps.final_hidden_states` +
+  :func:`mipo.training.logps.token_stats` (``chunk_size=None``) + the ``dpo`` recipe's
   ``Objective`` + backward.
 * ``mipo_chunked``: the same with ``chunk_size`` (default 1024).
 
@@ -83,10 +83,10 @@ def load_models(seed: int, model: str | None = None) -> tuple[Any, Any, str]:
 
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from mipo.assets import DIR_NAME, MARKER, cache_root
+    from mipo.training.assets import DIR_NAME, MARKER, cache_root
 
     # Only an already converted SmolLM2 (or the --model folder) is used: the
-    # benchmark never downloads or converts (mipo.assets.smollm2_dir() may do both).
+    # benchmark never downloads or converts (mipo.training.assets.smollm2_dir() may do both).
     path = Path(model) if model else cache_root() / DIR_NAME
     if model or (path / MARKER).is_file():
         policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -188,8 +188,8 @@ def step_fn(variant: str, policy: Any, reference: Any, batch: dict, args: Any):
 
         return step
     from mipo import PairBatch, Side
-    from mipo.logps import final_hidden_states, token_stats
-    from mipo.recipes import load_recipe
+    from mipo.training.logps import final_hidden_states, token_stats
+    from mipo.training.recipes import load_recipe
 
     objective = load_recipe("dpo").make_objective(beta=0.1)
     chunk_size = args.chunk_size if variant == "mipo_chunked" else None

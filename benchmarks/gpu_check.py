@@ -5,7 +5,7 @@ Subcommands (each writes one JSON file that ``summary`` gathers):
 * ``model``: the SmolLM2 the check runs on, in this order: a converted
   SmolLM2-135M-Instruct under ``$MIPO_CACHE`` (or ``~/.cache/mipo``); else the
   GGUF there (or its parts ``SmolLM2-135M-Instruct.Q4_1.gguf.part-*``, joined),
-  converted by :mod:`mipo.assets`; else a randomly initialised model with the
+  converted by :mod:`mipo.training.assets`; else a randomly initialised model with the
   SmolLM2-135M config and tokenizer from ``benchmarks/wheels/smollm2-skeleton``
   (same shapes, so time and memory are those of SmolLM2; losses are not);
   ``--dry-run``: the tiny random Llama of ``tests/tiny.py``.
@@ -47,7 +47,7 @@ def resolve_model(out: Path, dry_run: bool) -> dict[str, str]:
 
         path = build_tiny_model_dir(out / "tiny-llama")
         return {"path": str(path), "weights": "tiny random Llama (dry run)"}
-    from mipo.assets import DIR_NAME, MARKER, cache_root
+    from mipo.training.assets import DIR_NAME, MARKER, cache_root
 
     cache = cache_root()
     converted = cache / DIR_NAME
@@ -60,7 +60,7 @@ def resolve_model(out: Path, dry_run: bool) -> dict[str, str]:
             for part in parts:
                 joined.write(part.read_bytes())
     if gguf.is_file():
-        from mipo.assets import smollm2_dir
+        from mipo.training.assets import smollm2_dir
 
         path = smollm2_dir()
         return {"path": str(path), "weights": f"SmolLM2 converted here from {gguf}"}

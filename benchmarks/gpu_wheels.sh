@@ -21,7 +21,7 @@
 #    (three parts of at most 40 MiB). To run on the real weights, carry one part
 #    per call into a folder that stays on the warm machine (e.g. copy it to
 #    /tmp/mipo_cache/ there), then run gpu_check.sh with MIPO_CACHE=/tmp/mipo_cache:
-#    it joins the parts and converts them (mipo.assets, about 30 s).
+#    it joins the parts and converts them (mipo.training.assets, about 30 s).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,7 +33,7 @@ mkdir -p "$DEST"
 PACKAGES=(
   pot==0.9.7.post1        # mipo (OTPO's reference solver) and the OTPO benchmark
   beartype==0.23.1        # mipo
-  gguf==0.19.0            # mipo.assets (converting SmolLM2)
+  gguf==0.19.0            # mipo.training.assets (converting SmolLM2)
   datasets==5.2.0         # mipo.data and TRL
   dill==0.4.1             # datasets
   multiprocess==0.70.19   # datasets
@@ -58,7 +58,7 @@ if [[ -f $SOURCE/config.json ]]; then
     if [[ -f $SOURCE/$name ]]; then cp "$SOURCE/$name" "$DEST/smollm2-skeleton/"; fi
   done
 else
-  echo "no converted SmolLM2 at $SOURCE: run python -c 'import mipo.assets as a; a.smollm2_dir()' first" >&2
+  echo "no converted SmolLM2 at $SOURCE: run python -c 'import mipo.training.assets as a; a.smollm2_dir()' first" >&2
 fi
 
 if [[ "${1:-}" == "--gguf-parts" ]]; then

@@ -1,7 +1,7 @@
 """Loss-head memory: eager vs chunked per-token log-probs (and KL) against T.
 
 What is measured: the peak of bytes allocated by the CPU allocator *during* one
-forward + backward of the loss head (``mipo.logps.token_stats`` followed by
+forward + backward of the loss head (``mipo.training.logps.token_stats`` followed by
 ``backward`` of the summed outputs), on top of everything allocated before
 (hidden states, head weights). It is read from ``torch.profiler`` with
 ``profile_memory=True``: every allocation and free is a ``[memory]`` event with
@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mipo.logps import token_stats
+from mipo.training.logps import token_stats
 
 HIDDEN, VOCAB = 576, 49152
 MIB = 2**20

@@ -7,7 +7,7 @@ backend through ``mipo._ot.PotSinkhorn`` and POT's torch backend called
 directly).
 
 Part 2 (step): one optimiser step (forward + backward + AdamW) of OTPO versus
-DPO on the same model and batch, through the trainer's ``build_pair_batch``.
+DPO on the same model and batch, through the trainer's batch builder.
 
     python benchmarks/otpo_overhead.py                      # both parts
     python benchmarks/otpo_overhead.py --model tiny --lengths 256
@@ -159,8 +159,9 @@ def solver_part(
 def step_part(model_name: str, pairs: int, response: int, repeats: int) -> None:
     from mipo.data.collate import collate
     from mipo.data.tokenize import EncodedPair
-    from mipo.forward import build_pair_batch
-    from mipo.model import FrozenCopyReference, load_causal_lm
+    from mipo.training.batching import BatchBuilder
+    from mipo.training.models import FrozenCopyReference, load_causal_lm
+    from mipo.training.services import Models
 
     if model_name == "tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -179,7 +180,7 @@ def step_part(model_name: str, pairs: int, response: int, repeats: int) -> None:
         )
         vocab = 512
     else:
-        from mipo.assets import smollm2_dir
+        from mipo.training.assets import smollm2_dir
 
         policy = load_causal_lm(str(smollm2_dir()))
         vocab = policy.config.vocab_size
@@ -224,8 +225,8 @@ def step_part(model_name: str, pairs: int, response: int, repeats: int) -> None:
 
         def step(objective: Objective = objective, clock: list = weight_time) -> None:
             optimizer.zero_grad()
-            batch = build_pair_batch(
-                objective.needs, policy, reference, tensors, pad_token_id=0
+            batch = BatchBuilder(needs=objective.needs)(
+                Models(policy=policy, reference=reference, pad_token_id=0), tensors
             )
             start = time.perf_counter()
             objective.weighter(batch)

@@ -1,21 +1,22 @@
 """Time one TI-DPO training step against one DPO step on the same model and batch.
 
-Both steps run what ``mipo.train`` runs per micro-batch: ``build_pair_batch``
-(forwards) for the objective's needs, the objective, and the backward. The
+Both steps run what ``mipo.train`` runs per micro-batch: the batch builder
+(forwards and services) for the objective's needs, the objective, and the
+backward. The
 TI-DPO step is broken down into its extra parts, each timed on its own:
 
 * ``tdpo2_full_vocab_kl``: the TDPO2 step minus the DPO step (the
   full-vocabulary forward KL of the base loss);
-* ``attribution_as_the_trainer_runs_it``: :func:`mipo.attribution.attribution_scores`
+* ``attribution_as_the_trainer_runs_it``: :func:`mipo.training.services.attribution.attribution_scores`
   on the chosen + rejected rows (the trainer skips the anchor rows, whose weights
   are never read; ``attribution_pairs_and_anchor`` times all rows for comparison);
-* ``generation``: :func:`mipo.anchor.generate_anchor` (policy sampling);
+* ``generation``: :func:`mipo.training.services.anchor.generate_anchor` (policy sampling);
 * ``anchor_forwards_and_triplet``: TI-DPO minus TI-DPO without the triplet
   (gamma = 0), minus generation: the policy forward with gradient and the
   reference forward on the anchor rows, and the triplet term;
 * ``weighting_remainder``: TI-DPO without triplet minus TDPO2 minus attribution.
 
-Usage (CPU; SmolLM2-135M-Instruct from ``mipo.assets``, built-in arithmetic data)::
+Usage (CPU; SmolLM2-135M-Instruct from ``mipo.training.assets``, built-in arithmetic data)::
 
     python benchmarks/ti_dpo_overhead.py --batch-size 4 --repeats 5
     python benchmarks/ti_dpo_overhead.py --model /path/to/hf_dir
@@ -24,6 +25,7 @@ Prints one JSON object (median seconds per part, ratios to DPO, machine info).
 """
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -33,14 +35,16 @@ from typing import Any
 
 import torch
 
-from mipo.anchor import AnchorSampling, generate_anchor
-from mipo.attribution import attribution_scores
-from mipo.config import TrainConfig
-from mipo.forward import build_pair_batch, stack_sequences
-from mipo.model import load_models
 from mipo.objective import Objective
-from mipo.prepare import load_run_data, make_loader
-from mipo.recipes import load_recipe
+from mipo.services import AnchorSampling
+from mipo.training.batching import BatchBuilder, stack_sequences
+from mipo.training.config import TrainConfig
+from mipo.training.loaders import load_run_data, make_loader
+from mipo.training.models import load_models
+from mipo.training.recipes import load_recipe
+from mipo.training.services import Models, ServiceSetup, build_services
+from mipo.training.services.anchor import generate_anchor
+from mipo.training.services.attribution import attribution_scores
 
 
 def median_seconds(run: Callable[[], Any], repeats: int, seed: int) -> dict:
@@ -57,6 +61,17 @@ def median_seconds(run: Callable[[], Any], repeats: int, seed: int) -> dict:
             wall.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
     return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+
+
+def with_sampling(objective: Objective, sampling: AnchorSampling) -> Objective:
+    """``objective`` with every triplet term's anchor sampled by ``sampling``."""
+    terms = tuple(
+        dataclasses.replace(t, term=dataclasses.replace(t.term, sampling=sampling))
+        if hasattr(t.term, "sampling")
+        else t
+        for t in objective.terms
+    )
+    return dataclasses.replace(objective, terms=terms)
 
 
 def main() -> None:
@@ -86,21 +101,22 @@ def main() -> None:
     )
     tensors = next(iter(loader)).tensors
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    models = Models(
+        policy=policy, reference=reference, pad_token_id=pad, eos_token_id=eos
+    )
 
     def step(objective: Objective) -> Callable[[], None]:
+        objective = with_sampling(objective, sampling)
+        setup = ServiceSetup(config=config, models=models, device=torch.device("cpu"))
+        builder = BatchBuilder(
+            needs=objective.needs,
+            services=build_services(objective.services, setup),
+            chunk_size=config.logps_chunk_size or None,
+        )
+
         def run() -> None:
             policy.zero_grad(set_to_none=True)
-            batch = build_pair_batch(
-                objective.needs,
-                policy,
-                reference,
-                tensors,
-                chunk_size=config.logps_chunk_size or None,
-                anchor_sampling=sampling,
-                pad_token_id=pad,
-                eos_token_id=eos,
-            )
-            objective(batch).loss.backward()
+            objective(builder(models, tensors)).loss.backward()
 
         return run
 

@@ -2,7 +2,6 @@
 
 from mipo.batch import PairBatch as PairBatch
 from mipo.batch import Side as Side
-from mipo.config import TrainConfig as TrainConfig
 from mipo.errors import BatchError as BatchError
 from mipo.errors import CompositionError as CompositionError
 from mipo.errors import NonFiniteLossError as NonFiniteLossError
@@ -10,5 +9,6 @@ from mipo.needs import Need as Need
 from mipo.objective import LossOutput as LossOutput
 from mipo.objective import Objective as Objective
 from mipo.objective import Term as Term
+from mipo.training.config import TrainConfig as TrainConfig
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ from mipo.primitives.pair_link import AbstractPairLink, PairRewards
 from mipo.primitives.prior import AbstractPrior, ReferencePrior
 from mipo.primitives.terms import AbstractTerm
 from mipo.primitives.weighter import AbstractTokenWeighter, SumOverResponse
+from mipo.services import AbstractServiceSpec, check_services, collect_services
 from mipo.typing import PerPair, Scalar
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -110,6 +111,11 @@ class Objective:
         check_finite: raise :class:`~mipo.errors.NonFiniteLossError` when the loss
             is NaN or infinite, naming the part that is (one host sync per call).
 
+    The parts read batch fields (:attr:`needs`); some ask the trainer for a
+    model-side service that fills them (:attr:`services`, :mod:`mipo.services`).
+    Two parts asking for different services that fill the same field are
+    refused here, when the objective is built.
+
     Example:
         >>> import torch
         >>> from mipo import Objective, PairBatch, Side
@@ -149,6 +155,7 @@ class Objective:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise CompositionError(f"Objective.terms: duplicate names {duplicates}")
+        check_services(self.services)
 
     @property
     def active_terms(self) -> tuple[Term, ...]:
@@ -158,11 +165,21 @@ class Objective:
         return tuple(term for term in self.terms if term.weight != 0.0)
 
     @property
+    def parts(self) -> tuple[object, ...]:
+        """The slots and the active terms' primitives."""
+        terms = tuple(term.term for term in self.active_terms)
+        return (self.prior, self.weighter, self.margin, self.link, *terms)
+
+    @property
     def needs(self) -> frozenset[Need]:
         """Union of what every part reads: the trainer computes exactly these."""
-        parts = [self.prior, self.weighter, self.margin, self.link]
-        parts += [term.term for term in self.active_terms]
-        return frozenset().union(*(part.needs for part in parts))
+        return frozenset().union(*(part.needs for part in self.parts))
+
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        """The model-side services the parts declare (:mod:`mipo.services`), each
+        once; two that would fill the same field are refused at construction."""
+        return collect_services(self.parts, self.needs)
 
     def check(self, batch: PairBatch) -> None:
         """Raise :class:`~mipo.errors.BatchError` naming the first needed field that
@@ -243,19 +260,19 @@ class Objective:
 
 
 def _upcast(batch: PairBatch) -> PairBatch:
-    """Loss maths in float32 at least (float64 stays float64)."""
+    """Loss maths in float32 at least (float64 stays float64): every side of the
+    batch and every floating per-pair field."""
     dtype = batch.chosen.policy_logps.dtype
     if dtype in (torch.float32, torch.float64):
         return batch
-    return dataclasses.replace(
-        batch,
-        chosen=_side_to(batch.chosen, torch.float32),
-        rejected=_side_to(batch.rejected, torch.float32),
-        anchor=None if batch.anchor is None else _side_to(batch.anchor, torch.float32),
-        example_weights=None
-        if batch.example_weights is None
-        else batch.example_weights.float(),
-    )
+    changes: dict[str, object] = {}
+    for name in (f.name for f in dataclasses.fields(batch)):
+        value = getattr(batch, name)
+        if isinstance(value, Side):
+            changes[name] = _side_to(value, torch.float32)
+        elif isinstance(value, Tensor) and value.is_floating_point():
+            changes[name] = value.float()
+    return dataclasses.replace(batch, **changes)
 
 
 def _side_to(side: Side, dtype: torch.dtype) -> Side:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import mipo.primitives as p
 from mipo import Objective, Term, TrainConfig
-from mipo.anchor import AnchorSampling
+from mipo.services import AnchorSampling
 
 
 def make_objective(

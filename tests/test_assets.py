@@ -1,4 +1,4 @@
-"""mipo.assets.smollm2_dir: lookup order, clear failures, and the real model (slow)."""
+"""mipo.training.assets.smollm2_dir: lookup order, clear failures, and the real model (slow)."""
 
 import hashlib
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mipo import assets
-from mipo.assets import AssetError, smollm2_dir
+from mipo.training import assets
+from mipo.training.assets import AssetError, smollm2_dir
 
 
 @pytest.fixture(autouse=True)

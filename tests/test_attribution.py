@@ -14,15 +14,17 @@ from tiny import tiny_llama
 from torch import nn
 from torch.testing import assert_close
 
-from mipo.anchor import AnchorSampling, generate_anchor
-from mipo.attribution import attribution_scores, last_valid_position
+from mipo import TrainConfig
 from mipo.data.builtin import arithmetic_records
 from mipo.data.collate import collate
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
-from mipo.forward import build_pair_batch
-from mipo.needs import Need
 from mipo.primitives import GradientAttributionWeights
+from mipo.services import AnchorSampling
+from mipo.training.batching import BatchBuilder
+from mipo.training.services import Models, ServiceSetup, build_services
+from mipo.training.services.anchor import generate_anchor
+from mipo.training.services.attribution import attribution_scores, last_valid_position
 
 VOCAB = 97
 EOS = 2
@@ -267,7 +269,7 @@ def released_weights(scores: np.ndarray, lam: float, sigma_div: float) -> np.nda
 
 
 def test_trainer_sequence_span_weights_match_the_released_routine() -> None:
-    """build_pair_batch + GradientAttributionWeights(span="sequence") on a tiny
+    """The trainer's batch builder + GradientAttributionWeights(span="sequence") on a tiny
     Llama against the released procedure re-derived here: per-row float64 scores
     of every unshifted token (first one included), the weights over the whole
     unshifted row, then the first column dropped to align with the labels."""
@@ -278,11 +280,15 @@ def test_trainer_sequence_span_weights_match_the_released_routine() -> None:
     ]
     tensors = collate(pairs, pad_token_id=tokenizer.pad_token_id)
     policy = tiny_llama(3, max_position_embeddings=256, pad_token_id=None).double()
-    needs = frozenset({Need.ATTRIBUTION_SCORES, Need.SEQUENCE_MASK})
-    batch = build_pair_batch(
-        needs, policy, None, tensors, pad_token_id=tokenizer.pad_token_id
-    )
     weighter = GradientAttributionWeights(lam=0.7, prior_sigma_div=4.0, span="sequence")
+    models = Models(policy=policy, pad_token_id=tokenizer.pad_token_id)
+    setup = ServiceSetup(
+        config=TrainConfig(), models=models, device=torch.device("cpu")
+    )
+    builder = BatchBuilder(
+        needs=weighter.needs, services=build_services(weighter.services, setup)
+    )
+    batch = builder(models, tensors)
     for side, data in (
         (batch.chosen, tensors.chosen),
         (batch.rejected, tensors.rejected),

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from tiny import build_tiny_model_dir
 
-from mipo.recipes import Recipe, discover
-from mipo.train import train
+from mipo.training.recipes import Recipe, discover
+from mipo.training.trainer import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +32,7 @@ ATOL, RTOL = 1e-3, 1e-3
 UPDATE_SHARE = 0.5
 # Recipes that cannot train here, with the reason; strict, so a fix shows up.
 XFAIL: dict[str, str] = {
-    "wpo": "the trainer serves no Need.LOG_COLLISION (mipo/forward.py never fills "
+    "wpo": "the trainer serves no Need.LOG_COLLISION (the batch builder never fills "
     "Side.log_collision), so WPO stops at step 1 with a BatchError in fp32 as in bf16",
 }
 
@@ -69,7 +69,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """The PNG plots are ~80 % of a tiny run's time and are tested elsewhere."""
-    monkeypatch.setattr("mipo.train.write_plots", lambda _run_dir: None)
+    monkeypatch.setattr("mipo.training.trainer.write_plots", lambda _run_dir: None)
 
 
 @pytest.fixture

@@ -5,16 +5,16 @@ from typing import Literal
 
 import pytest
 
-from mipo.cli import (
+from mipo.primitives import LogSigmoidLink
+from mipo.training.cli import (
     OverrideError,
     convert,
     parse_command_line,
     resolve,
     split_overrides,
 )
-from mipo.primitives import LogSigmoidLink
-from mipo.recipes import load_recipe
-from mipo.train import main
+from mipo.training.recipes import load_recipe
+from mipo.training.trainer import main
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from tiny import build_tiny_model_dir
 
-import mipo.compare as compare_module
-from mipo.compare import compare, main, parse_arguments
-from mipo.recipes import load_recipe, recipe_from
+import mipo.tools.compare as compare_module
+from mipo.tools.compare import compare, main, parse_arguments
+from mipo.training.recipes import load_recipe, recipe_from
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -70,7 +70,7 @@ def test_a_killed_compare_continues_where_it_stopped(
     def dies_on_the_second(recipe, overrides, root, progress):  # noqa: ANN001, ANN202
         calls.append(recipe.name)
         if len(calls) == 2:
-            from mipo.train import train
+            from mipo.training.trainer import train
 
             train(
                 recipe, overrides, stop_after=1, progress=False

@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from mipo.assets import DIR_NAME, MARKER, cache_root
 from mipo.data import DataError, PreferenceRecord, collate, encode_record, load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
+from mipo.training.assets import DIR_NAME, MARKER, cache_root
 
 TINY = tiny_chat_tokenizer()
 EOS = 2
@@ -19,7 +19,9 @@ def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     """The cached SmolLM2 tokenizer; skip when the asset was never converted."""
     path = cache_root() / DIR_NAME
     if not (path / MARKER).is_file():
-        pytest.skip(f"SmolLM2 not converted at {path} (run mipo.assets.smollm2_dir())")
+        pytest.skip(
+            f"SmolLM2 not converted at {path} (run mipo.training.assets.smollm2_dir())"
+        )
     return AutoTokenizer.from_pretrained(path)
 
 

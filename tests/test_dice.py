@@ -18,7 +18,7 @@ from tiny import build_tiny_model_dir, tiny_llama
 
 from mipo.data import PreferenceRecord, load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
-from mipo.dice import (
+from mipo.tools.dice import (
     RELEASE_SETTINGS,
     RELEASE_TRAIN_OVERRIDES,
     Candidate,
@@ -376,7 +376,7 @@ def test_cli_one_round_on_tiny_model(tmp_path: Path, capsys) -> None:
 
 
 def test_two_rounds_chain_policy_and_reference(tmp_path: Path) -> None:
-    from mipo.dice import run_dice
+    from mipo.tools.dice import run_dice
 
     policy = build_tiny_model_dir(tmp_path / "policy", 0)
     sft = build_tiny_model_dir(tmp_path / "sft", 1)
@@ -574,8 +574,8 @@ def test_release_preset_settings_and_training_overrides() -> None:
     """The preset resolves against recipes/dpo.py to the release's per-round
     DPO: beta 0.1, AdamW at a constant 5e-7 from step 0 (HF's "constant"
     ignores the release's 50 warmup steps), 300 steps of 32 pairs."""
-    from mipo.cli import resolve
-    from mipo.recipes import load_recipe
+    from mipo.training.cli import resolve
+    from mipo.training.recipes import load_recipe
 
     settings = DiceSettings(
         prompts="p", offline="o", score_reference="r", out="x", **RELEASE_SETTINGS
@@ -592,7 +592,7 @@ def test_release_preset_settings_and_training_overrides() -> None:
 
 
 def test_cli_preset_is_overridden_by_explicit_flags() -> None:
-    from mipo.dice import _parser, _settings
+    from mipo.tools.dice import _parser, _settings
 
     argv = ["dpo", "--prompts", "p", "--score-reference", "r", "--out", "o"]
     args, _ = _parser().parse_known_args(

@@ -1,6 +1,6 @@
 """Generated docs stay in sync with the recipes and read well (short linked
 cells in the table, the full values on the recipe page);
-:func:`mipo.describe.describe` renders primitives compactly."""
+:func:`mipo.tools.describe.describe` renders primitives compactly."""
 
 import dataclasses
 import re
@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from mipo import Objective, Term
-from mipo.describe import describe, describe_wrapped
-from mipo.docs import (
+from mipo.primitives import (
+    ChosenNLL,
+    ConstantMargin,
+    LabelSmoothedLink,
+    ProductPrior,
+    ReferencePrior,
+    SequentialKLPenalty,
+)
+from mipo.tools.describe import describe, describe_wrapped
+from mipo.tools.docs import (
     COLUMNS,
     METHODS_MD,
     REPO,
@@ -21,15 +29,7 @@ from mipo.docs import (
     recipe_slots,
     row,
 )
-from mipo.primitives import (
-    ChosenNLL,
-    ConstantMargin,
-    LabelSmoothedLink,
-    ProductPrior,
-    ReferencePrior,
-    SequentialKLPenalty,
-)
-from mipo.recipes import discover
+from mipo.training.recipes import discover
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

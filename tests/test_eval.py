@@ -2,6 +2,7 @@
 ``python -m mipo.eval RUN_DIR`` on a saved run."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from torch import nn
 
 from mipo.data.builtin import arithmetic_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
-from mipo.eval import gold_accuracy
-from mipo.eval import main as eval_main
-from mipo.train import train
+from mipo.training.evaluate import gold_accuracy
+from mipo.training.evaluate import main as eval_main
+from mipo.training.trainer import train
 
 
 class ScriptedPolicy(nn.Module):
@@ -111,3 +112,49 @@ def test_eval_cli_reruns_a_saved_run(
     ):
         assert again[key] == pytest.approx(saved[key], rel=1e-5, abs=1e-6), key
         assert key in out
+
+
+@pytest.mark.slow
+def test_a_run_of_an_objective_composed_in_python_is_first_class(
+    tmp_path: Path,
+) -> None:
+    """A run whose objective was built in Python (no recipe file) is evaluated by
+    ``python -m mipo.eval RUN_DIR`` in a fresh process and resumed by
+    ``python -m mipo.train --resume RUN_DIR``: the objective is stored with the
+    run (``objective.pkl``)."""
+    import subprocess
+    import sys
+
+    from mipo import Objective, TrainConfig
+    from mipo.primitives import IPOLink, MeanOverResponse
+    from mipo.training.recipes import recipe_from
+
+    model = build_tiny_model_dir(tmp_path / "model")
+    objective = Objective(weighter=MeanOverResponse(), link=IPOLink(), beta=0.5)
+    config = TrainConfig(
+        model=str(model),
+        output_dir=str(tmp_path / "runs"),
+        max_steps=2,
+        max_examples=30,
+        batch_size=2,
+        eval_max_examples=3,
+        eval_max_new_tokens=2,
+    )
+    result = train(
+        recipe_from(objective, config, name="ipo_mean"), progress=False, stop_after=1
+    )
+    assert (result.run_dir / "objective.pkl").is_file()
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    command = [sys.executable, "-m", "mipo.train", "--resume", str(result.run_dir)]
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trained = json.loads((result.run_dir / "eval.json").read_text())
+    assert trained["step"] == 2
+    (result.run_dir / "eval.json").unlink()
+    command = [sys.executable, "-m", "mipo.eval", str(result.run_dir)]
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = json.loads((result.run_dir / "eval.json").read_text())
+    assert again["checkpoint"] == "checkpoint-2"
+    assert again["eval/loss"] == pytest.approx(trained["eval/loss"], rel=1e-5)

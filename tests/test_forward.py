@@ -1,4 +1,4 @@
-"""build_pair_batch supplies exactly the needed fields, with the values of an
+"""The batch builder supplies exactly the needed fields, with the values of an
 independent full-logits computation (the Hugging Face forward)."""
 
 import copy
@@ -12,9 +12,10 @@ from mipo.data.builtin import arithmetic_records
 from mipo.data.collate import collate
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
-from mipo.forward import build_pair_batch
-from mipo.model import FrozenCopyReference
 from mipo.needs import Need
+from mipo.training.batching import BatchBuilder
+from mipo.training.models import FrozenCopyReference
+from mipo.training.services import Models, ReferenceCacheService
 
 # The shared tiny Llama with LlamaConfig's default token ids (no pad), 256 positions.
 LLAMA = {"max_position_embeddings": 256, "pad_token_id": None}
@@ -47,6 +48,25 @@ def setup() -> tuple:
     for p in reference_model.parameters():
         p.requires_grad_(False)
     return tokenizer, tensors, policy, reference_model
+
+
+def build_pair_batch(
+    needs,
+    policy,
+    reference,
+    tensors,
+    *,
+    pad_token_id,
+    chunk_size=None,
+    services=(),
+    indices=None,
+):
+    """One batch through the trainer's single entry point."""
+    from mipo.training.loaders import IndexedBatch
+
+    builder = BatchBuilder(needs=needs, services=services, chunk_size=chunk_size)
+    models = Models(policy=policy, reference=reference, pad_token_id=pad_token_id)
+    return builder(models, IndexedBatch(indices=indices, tensors=tensors))
 
 
 def oracle(model: torch.nn.Module, side) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,13 +181,24 @@ def test_precomputed_reference_is_used_as_given(setup: tuple) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     cached = (copy_batch.chosen.reference_logps, copy_batch.rejected.reference_logps)
+    # the cache holds each pair's response-token log-probs, by global index
+    cache = {
+        10 + row: tuple(
+            values[row][side.response_mask[row]].detach()
+            for values, side in zip(
+                cached, (copy_batch.chosen, copy_batch.rejected), strict=True
+            )
+        )
+        for row in range(cached[0].shape[0])
+    }
     batch = build_pair_batch(
         frozenset({Need.REFERENCE_LOGPS}),
         policy,
         None,
         tensors,
         pad_token_id=tokenizer.pad_token_id,
-        precomputed_reference=cached,
+        services=(ReferenceCacheService.from_cache(cache),),
+        indices=torch.arange(10, 10 + cached[0].shape[0]),
     )
     torch.testing.assert_close(batch.chosen.reference_logps, cached[0])
     torch.testing.assert_close(batch.rejected.reference_logps, cached[1])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mipo.data.builtin import gold_reward
-from mipo.gold import GoldError, import_gold, resolve_gold, score_answers
+from mipo.training.gold import GoldError, import_gold, resolve_gold, score_answers
 
 
 def test_a_user_gold_reward_is_imported_by_module_and_name(

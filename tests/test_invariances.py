@@ -42,7 +42,7 @@ from mipo.primitives import (
     NoMargin,
     UniformPrior,
 )
-from mipo.recipes import discover, load_recipe
+from mipo.training.recipes import discover, load_recipe
 
 RECIPES = {recipe.name: recipe.objective for recipe in discover()}
 EXTRA = {

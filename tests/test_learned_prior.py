@@ -15,10 +15,11 @@ from torch.testing import assert_close
 
 from mipo import Need
 from mipo.errors import CompositionError
-from mipo.learned_prior import LogitBiasPrior, find_learned_prior
 from mipo.primitives import MarginalFitPrior
-from mipo.recipes import load_recipe
-from mipo.train import PRIOR_FILE, evaluate_run, train
+from mipo.services import MarginalFit
+from mipo.training.recipes import load_recipe
+from mipo.training.services.learned_prior import LogitBiasPrior
+from mipo.training.trainer import PRIOR_FILE, evaluate_run, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPE = load_recipe("mi_dpo_learned_prior")
@@ -83,7 +84,8 @@ def test_a_prior_with_gradient_is_refused() -> None:
 def test_recipe_declares_a_trainer_fitted_prior() -> None:
     objective = RECIPE.make_objective(prior_update_every=2)
     assert {Need.PRIOR_LOGPS, Need.LEARNED_PRIOR} <= objective.needs
-    assert find_learned_prior(objective) == MarginalFitPrior(prior_update_every=2)
+    assert objective.prior == MarginalFitPrior(prior_update_every=2)
+    assert objective.services == (MarginalFit(update_every=2),)
     with pytest.raises(CompositionError, match="prior_update_every: must be >= 1"):
         MarginalFitPrior(prior_update_every=0)
 

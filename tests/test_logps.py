@@ -1,6 +1,6 @@
 """Per-token log-probs and KLs: eager and chunked paths against full-logit oracles.
 
-The oracle in this file is written from the definitions in ``mipo/logps.py``'s
+The oracle in this file is written from the definitions in ``mipo/training/logps.py``'s
 docstring (log-softmax of ``W h + b``, the causal shift, ``-100`` masking, the two
 KL directions), independently of mipo's code.
 """
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mipo.logps import TokenStats, final_hidden_states, token_stats
+from mipo.training.logps import TokenStats, final_hidden_states, token_stats
 
 F64 = {"rtol": 1e-9, "atol": 1e-10}
 

@@ -15,8 +15,8 @@ from tiny import tiny_llama
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from mipo.logps import _head_dtype as head_dtype
-from mipo.logps import final_hidden_states, token_stats
+from mipo.training.logps import _head_dtype as head_dtype
+from mipo.training.logps import final_hidden_states, token_stats
 
 BF16 = TOLERANCES[torch.bfloat16]
 # batch, length, hidden, vocab: logits of std ~4 so that bf16 rounding moves

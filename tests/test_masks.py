@@ -14,21 +14,21 @@ from hypothesis.extra.numpy import arrays
 from tiny import tiny_llama
 from torch.testing import assert_close
 
-from mipo import Need, Objective
+from mipo import CompositionError, Need, Objective, TrainConfig
 from mipo.data.builtin import arithmetic_records
 from mipo.data.collate import collate
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
-from mipo.forward import build_pair_batch
-from mipo.masks import (
+from mipo.primitives import ActivationMasks, DataMasks, LearnedMasks
+from mipo.training.batching import BatchBuilder
+from mipo.training.models import FrozenCopyReference
+from mipo.training.recipes import load_recipe
+from mipo.training.services import Models, ServiceSetup, build_services
+from mipo.training.services.masks import (
     ActivationMaskModel,
     LearnedMaskModel,
-    find_mask_source,
     minmax_over_response,
 )
-from mipo.model import FrozenCopyReference
-from mipo.primitives import ActivationMasks, DataMasks, LearnedMasks
-from mipo.recipes import load_recipe
 
 SPARSEPO = load_recipe("sparsepo")
 
@@ -91,16 +91,38 @@ def setup() -> tuple:
     return tokenizer, tensors, policy, FrozenCopyReference(reference_model)
 
 
-def _batch(setup: tuple, objective: Objective, mask_model: torch.nn.Module):
-    tokenizer, tensors, policy, reference = setup
-    return build_pair_batch(
-        objective.needs,
-        policy,
-        reference,
-        tensors,
-        pad_token_id=tokenizer.pad_token_id,
-        mask_model=mask_model,
+def _models(setup: tuple) -> Models:
+    tokenizer, _, policy, reference = setup
+    return Models(
+        policy=policy, reference=reference, pad_token_id=tokenizer.pad_token_id
     )
+
+
+def _mask_model(setup: tuple, objective: Objective) -> torch.nn.Module:
+    """The mask model the objective's mask service builds for the tiny policy."""
+    services = build_services(
+        objective.services,
+        ServiceSetup(
+            config=TrainConfig(), models=_models(setup), device=torch.device("cpu")
+        ),
+    )
+    (service,) = services
+    return service.module
+
+
+def _batch(setup: tuple, objective: Objective, mask_model: torch.nn.Module):
+    """One batch through the trainer's builder, with ``mask_model`` as the mask
+    service's model."""
+    services = build_services(
+        objective.services,
+        ServiceSetup(
+            config=TrainConfig(), models=_models(setup), device=torch.device("cpu")
+        ),
+    )
+    (service,) = services
+    service.module = mask_model
+    builder = BatchBuilder(needs=objective.needs, services=services)
+    return builder(_models(setup), setup[1])
 
 
 @pytest.mark.parametrize(
@@ -111,8 +133,8 @@ def test_mapo_masks_lie_in_unit_interval_without_gradient(
 ) -> None:
     source = ActivationMasks(groups=groups)
     objective = SPARSEPO.make_objective(masks=source)
-    assert find_mask_source(objective) == source
-    model = source.build_model(hidden_size=64, num_layers=2)
+    assert objective.services == source.services
+    model = _mask_model(setup, objective)
     batch = _batch(setup, objective, model)
     for side in (batch.chosen, batch.rejected):
         masks = side.token_weights
@@ -160,7 +182,7 @@ def test_learned_masks_send_gradient_to_mask_parameters_only(setup: tuple) -> No
     source = LearnedMasks(independent_masks=True, dropout=0.0)
     objective = SPARSEPO.make_objective(masks=source, l1_reward=0.01, l1_kl=0.01)
     assert Need.REFERENCE_HIDDEN_LAYERS in objective.needs
-    model = source.build_model(hidden_size=64, num_layers=2)
+    model = _mask_model(setup, objective)
     assert isinstance(model, LearnedMaskModel)
     _, _, policy, reference = setup
     policy.zero_grad(set_to_none=True)
@@ -224,22 +246,25 @@ def test_common_mask_halves_each_l1_coefficient(setup: tuple) -> None:
 
 
 def test_two_mask_sources_are_refused() -> None:
+    """Two mask models would both fill the reward mask: refused when the
+    objective is built, not when it trains."""
     objective = SPARSEPO.make_objective(masks=LearnedMasks())
-    mixed = Objective(
-        prior=objective.prior,
-        weighter=SPARSEPO.make_objective(masks=ActivationMasks()).prior.base.weights,
-    )
-    with pytest.raises(ValueError, match="2 different mask sources"):
-        find_mask_source(mixed)
+    with pytest.raises(CompositionError, match="two different services would fill"):
+        Objective(
+            prior=objective.prior,
+            weighter=SPARSEPO.make_objective(
+                masks=ActivationMasks()
+            ).prior.base.weights,
+        )
 
 
 def test_mixer_init_starts_from_the_mean_of_layer_scores(setup: tuple) -> None:
     """mixer_init=c sets every mixer weight to c/L, so m_t = mean over layers of
     the per-layer ReLU scores (dropout off): checked against that formula."""
     source = LearnedMasks(mixer_init=1.0, dropout=0.0)
-    model = source.build_model(hidden_size=64, num_layers=2)
-    assert_close(model.reward.combine.weight, torch.full((1, 2), 0.5))
     objective = SPARSEPO.make_objective(masks=source)
+    model = _mask_model(setup, objective)
+    assert_close(model.reward.combine.weight, torch.full((1, 2), 0.5))
     _, tensors, _, reference = setup
     batch = _batch(setup, objective, model)
     with torch.no_grad():

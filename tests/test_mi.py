@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch.testing import assert_close
 
-from mipo.mi import (
+from mipo.tools.mi import (
     blahut_arimoto,
     expected_kl,
     free_energy,

@@ -19,7 +19,7 @@ from torch.testing import assert_close
 
 from mipo import PairBatch, Side
 from mipo.primitives import HingeLink
-from mipo.recipes import load_recipe
+from mipo.training.recipes import load_recipe
 
 F64 = torch.float64
 SOFTPLUS_0 = 0.6931471805599453

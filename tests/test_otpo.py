@@ -29,8 +29,8 @@ from mipo.primitives import (
     UniformBudgetWeights,
 )
 from mipo.primitives.otpo import budget_weights, transport_cost
-from mipo.recipes import load_recipe
 from mipo.sinkhorn import TorchSinkhorn
+from mipo.training.recipes import load_recipe
 
 F64 = torch.float64
 HIDDEN = 16
@@ -388,7 +388,7 @@ def test_recipe_trains_two_steps_on_a_tiny_model(tmp_path: Path) -> None:
 
     from tiny import build_tiny_model_dir
 
-    from mipo.train import train
+    from mipo.training.trainer import train
 
     # 2048 is LlamaConfig's default, which this test was written against.
     model_dir = build_tiny_model_dir(tmp_path / "tiny", max_position_embeddings=2048)

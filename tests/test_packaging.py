@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mipo.recipes import discover, recipes_dir
+from mipo.training.recipes import discover, recipes_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ from tiny import tiny_llama
 from torch import Tensor
 from torch.testing import assert_close
 
-from mipo.logps import final_hidden_states, token_stats
-from mipo.packing import pack_sequences
+from mipo.training.logps import final_hidden_states, token_stats
+from mipo.training.packing import pack_sequences
 
 VOCAB = 97
 

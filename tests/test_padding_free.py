@@ -13,11 +13,12 @@ from mipo.data.collate import collate
 from mipo.data.load import load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
-from mipo.forward import build_pair_batch
-from mipo.model import FrozenCopyReference
 from mipo.needs import Need
-from mipo.recipes import load_recipe
-from mipo.train import train
+from mipo.training.batching import BatchBuilder
+from mipo.training.models import FrozenCopyReference
+from mipo.training.recipes import load_recipe
+from mipo.training.services import Models
+from mipo.training.trainer import train
 
 NEEDS = frozenset({Need.REFERENCE_LOGPS, Need.KL_FORWARD, Need.HIDDEN_STATES})
 
@@ -42,15 +43,11 @@ def test_packed_batch_equals_padded_batch_and_gradients() -> None:
     results = []
     for padding_free in (False, True):
         policy.zero_grad()
-        batch = build_pair_batch(
-            NEEDS | objective.needs,
-            policy,
-            reference,
-            tensors,
-            pad_token_id=2,
-            chunk_size=16,
-            padding_free=padding_free,
+        builder = BatchBuilder(
+            needs=NEEDS | objective.needs, chunk_size=16, padding_free=padding_free
         )
+        models = Models(policy=policy, reference=reference, pad_token_id=2)
+        batch = builder(models, tensors)
         objective(batch).loss.backward()
         grads = [p.grad.clone() for p in policy.parameters()]
         results.append((batch, grads))
@@ -90,7 +87,8 @@ def test_padding_free_training_matches_padded(tmp_path: Path) -> None:
             progress=False,
         )
         lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
-        logs.append([json.loads(line) for line in lines])
+        records = [json.loads(line) for line in lines]
+        logs.append([r for r in records if "loss" in r])  # training records
     for padded, packed in zip(*logs, strict=True):
         for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
             assert abs(padded[key] - packed[key]) <= 1e-4 * max(

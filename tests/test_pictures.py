@@ -12,14 +12,6 @@ from tiny import build_tiny_model_dir
 from torch.testing import assert_close
 
 from mipo import Objective
-from mipo.pictures import (
-    html_page,
-    main,
-    prior_weighters,
-    render_html,
-    render_png,
-    token_weights,
-)
 from mipo.primitives import (
     BatchTokenWeights,
     MeanOverResponse,
@@ -27,6 +19,14 @@ from mipo.primitives import (
     ReferencePrior,
     SequentialKLPenalty,
     TokenInterpolationPrior,
+)
+from mipo.tools.pictures import (
+    html_page,
+    main,
+    prior_weighters,
+    render_html,
+    render_png,
+    token_weights,
 )
 
 
@@ -134,3 +134,40 @@ def test_command_line_on_a_tiny_model(tmp_path: Path) -> None:
         assert sums[2 * k + 1] == pytest.approx(budget, abs=1e-3)
     assert (out / "pair-0.png").stat().st_size > 0
     assert (out / "pair-1.png").stat().st_size > 0
+
+
+def test_a_recipe_with_a_service_draws_its_picture(tmp_path: Path) -> None:
+    """The learned-prior recipe declares a model-side service (the fitted
+    prior): the picture builds it like training does. Its weighter is the plain
+    sum, so every response token weighs 1."""
+    model_dir = build_tiny_model_dir(tmp_path / "tiny")
+    rows = [
+        {"prompt": f"{i} + 1 =", "chosen": f" {i + 1}", "rejected": f" {i + 20}0"}
+        for i in range(2)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "pics"
+    main(
+        [
+            "mi_dpo_learned_prior",
+            "--data",
+            str(data),
+            "--pairs",
+            "2",
+            "--out",
+            str(out),
+            "--model",
+            str(model_dir),
+        ]
+    )
+    sums = [
+        float(s)
+        for s in re.findall(r"sum ([0-9.]+)</h3>", (out / "weights.html").read_text())
+    ]
+    lengths = [
+        len(rows[k][role].encode()) + 1
+        for k in range(2)
+        for role in ("chosen", "rejected")
+    ]
+    assert sums == pytest.approx(lengths)

@@ -2,8 +2,14 @@
 
 import pytest
 
-from mipo.cli import OverrideError, help_text, parse_command_line, resolve, with_preset
-from mipo.recipes import discover, load_recipe
+from mipo.training.cli import (
+    OverrideError,
+    help_text,
+    parse_command_line,
+    resolve,
+    with_preset,
+)
+from mipo.training.recipes import discover, load_recipe
 
 
 def test_a_preset_sets_its_keys_and_the_command_line_wins() -> None:

@@ -20,7 +20,7 @@ from builders import random_batch
 from torch.testing import assert_close
 
 from mipo import Need, Objective, TrainConfig
-from mipo.recipes import Recipe, discover, load_recipe
+from mipo.training.recipes import Recipe, discover, load_recipe
 
 # The exact set of shipped recipes: update it when a recipe is added or removed.
 EXPECTED_RECIPES = frozenset(
@@ -159,7 +159,7 @@ import json, sys, time
 import torch
 sys.path.insert(0, {tests!r})
 from builders import random_batch
-from mipo.recipes import load_recipe
+from mipo.training.recipes import load_recipe
 
 objective = load_recipe("dpo").objective
 batch = random_batch(objective.needs, seed=3, dtype=torch.float32)

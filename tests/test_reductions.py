@@ -47,7 +47,7 @@ from mipo.primitives import (
     TokenInterpolationPrior,
     UniformPrior,
 )
-from mipo.recipes import load_recipe
+from mipo.training.recipes import load_recipe
 
 TOL = TOLERANCES[torch.float64]
 

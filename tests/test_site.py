@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 
 import mipo.primitives
-from mipo.recipes import discover
-from mipo.site import API_PAGES, MATHJAX_DIR, REPO, build_site, plan_site, site_server
+from mipo.tools.site import (
+    API_PAGES,
+    MATHJAX_DIR,
+    REPO,
+    build_site,
+    plan_site,
+    site_server,
+)
+from mipo.training.recipes import discover
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
@@ -227,7 +234,7 @@ def test_serve_on_a_busy_port_is_one_clear_line(
     """A taken port stops ``--serve`` before the build, naming the option."""
     import socket
 
-    from mipo.site import main
+    from mipo.tools.site import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -354,3 +361,12 @@ def test_home_page_example_runs(tmp_path: Path) -> None:
     exec(compile(code, "docs/index.md", "exec"), namespace)  # noqa: S102
     result = namespace["result"]
     assert (result.run_dir / "metrics.jsonl").is_file()
+
+
+def test_the_architecture_page_is_in_the_navigation() -> None:
+    plan = plan_site()
+    assert {"Architecture": "architecture.md"} in plan.nav
+    page = plan.pages["architecture.md"]
+    assert "BatchBuilder" in page and "AbstractServiceSpec" in page
+    guide = plan.pages["guides/new_primitive.md"]
+    assert "tests/test_openness.py" in guide and "class FrozenScorerService" in guide

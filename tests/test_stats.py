@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mipo.stats import bootstrap_mean, interval_fields
+from mipo.training.stats import bootstrap_mean, interval_fields
 
 
 def test_bootstrap_interval_matches_the_exact_resampling_distribution() -> None:

@@ -17,7 +17,7 @@ from torch.testing import assert_close
 
 from mipo import BatchError, CompositionError, Need, PairBatch, Side
 from mipo.primitives import GradientAttributionWeights
-from mipo.recipes import load_recipe
+from mipo.training.recipes import load_recipe
 
 TI_DPO = load_recipe("ti_dpo")
 BATCH_NEEDS = (

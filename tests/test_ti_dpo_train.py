@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tiny import build_tiny_model_dir
 
-from mipo.train import train
+from mipo.training.trainer import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

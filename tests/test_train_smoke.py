@@ -14,8 +14,8 @@ import torch
 from tiny import build_tiny_model_dir
 
 from mipo.errors import NonFiniteLossError
-from mipo.model import AdapterOffReference, FrozenCopyReference
-from mipo.train import TrainResult, train
+from mipo.training.models import AdapterOffReference, FrozenCopyReference
+from mipo.training.trainer import TrainResult, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -109,7 +109,10 @@ def test_dpo_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
     assert low <= evaluation["eval/gold_gain"] <= high
     assert "eval/gold_reward_before" in evaluation
     assert "eval/kl_reverse_per_token" in evaluation
-    low, high = evaluation["eval/rewards/accuracies_low"], evaluation["eval/rewards/accuracies_high"]
+    low, high = (
+        evaluation["eval/rewards/accuracies_low"],
+        evaluation["eval/rewards/accuracies_high"],
+    )
     assert low <= evaluation["eval/rewards/accuracies"] <= high
     # the evaluation before training (gold only) and the final one are logged too
     assert [r["step"] for r in read_evals(result.run_dir)] == [0, 2]

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.testing import assert_close
 
 from mipo import BatchError, CompositionError, Need, PairBatch
-from mipo.anchor import AnchorSampling
 from mipo.primitives import LogRatioTriplet
+from mipo.services import AnchorSampling
 
 NEEDS = (Need.REFERENCE_LOGPS, Need.ANCHOR)
 

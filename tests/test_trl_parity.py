@@ -1,8 +1,8 @@
 """mipo's recipes equal TRL's own loss code on one tiny model and batch (fp32).
 
 TRL computes its per-token log-probs with its fused LM head from a tiny Llama and
-its collated batch; mipo computes them with :func:`mipo.logps.final_hidden_states`
-+ :func:`mipo.logps.token_stats` on the very same tensors and runs a recipe. For
+its collated batch; mipo computes them with :func:`mipo.training.logps.final_hidden_states`
++ :func:`mipo.training.logps.token_stats` on the very same tensors and runs a recipe. For
 every ``DPOConfig`` loss type and knob (``test_dpo_trainer_parity``, one case per
 row of ``docs/trl.md``) the batch loss, each pair's loss (TRL run on that pair
 alone), ``rewards/*`` and the policy gradients agree. Where mipo follows a paper
@@ -28,7 +28,6 @@ from tiny import tiny_llama  # noqa: E402
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from mipo import Objective, PairBatch, Side, Term  # noqa: E402
-from mipo.logps import final_hidden_states, token_stats  # noqa: E402
 from mipo.primitives import (  # noqa: E402
     AlphaDivergence,
     APODownLink,
@@ -49,7 +48,8 @@ from mipo.primitives import (  # noqa: E402
     RobustLink,
     WPOLink,
 )
-from mipo.recipes import load_recipe  # noqa: E402
+from mipo.training.logps import final_hidden_states, token_stats  # noqa: E402
+from mipo.training.recipes import load_recipe  # noqa: E402
 
 WORDS = "the a cat dog sat ran on under mat log is was red blue big small".split()
 SPECIAL = ["<pad>", "<eos>", "<unk>"]

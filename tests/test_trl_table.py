@@ -16,7 +16,7 @@ import re
 import pytest
 from conftest import REPO_ROOT
 
-from mipo.recipes import discover
+from mipo.training.recipes import discover
 
 PAGE = REPO_ROOT / "docs" / "trl.md"
 PARITY = REPO_ROOT / "tests" / "test_trl_parity.py"

@@ -14,7 +14,7 @@ from mipo.data.errors import DataError
 from mipo.data.load import load_records
 from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
 from mipo.data.tokenize import encode_record
-from mipo.weights import SYSTEM_TEMPLATES, Contrast, estimate, main, score_batch
+from mipo.tools.weights import SYSTEM_TEMPLATES, Contrast, estimate, main, score_batch
 
 ROWS = [
     {
@@ -166,7 +166,7 @@ def test_cli_refuses_one_model_with_identical_prompts(data_file, tmp_path) -> No
 
 def test_swap_pairs_exchanges_responses_and_weights() -> None:
     """The reverse-DPO data of construction (3): chosen <-> rejected, weights too."""
-    from mipo.prepare import swap_record
+    from mipo.training.loaders import swap_record
 
     record = load_records_from_rows()[0]
     record = dataclasses.replace(
@@ -183,7 +183,7 @@ def test_swap_pairs_exchanges_responses_and_weights() -> None:
 def test_estimate_then_train_tis_dpo_end_to_end(tmp_path: Path) -> None:
     """Construction (1) on a tiny model, then two TIS-DPO steps on the weighted file
     (rank transform, EOS weight 0): the run reads the weight columns and trains."""
-    from mipo.train import train
+    from mipo.training.trainer import train
 
     model_dir = build_tiny_model_dir(tmp_path / "model")
     data = tmp_path / "pairs.jsonl"

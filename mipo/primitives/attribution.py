@@ -1,7 +1,7 @@
 r"""TI-DPO's token weights: gradient attribution mixed with a Gaussian position prior.
 
 Over the $n$ positions of a span (index $k = 0, \dots, n-1$ in order), with
-attribution scores $I_k$ (:func:`mipo.attribution.attribution_scores`):
+attribution scores $I_k$ (:func:`mipo.training.services.attribution.attribution_scores`):
 
 $$ s_k = \frac{\max(I_k, 0)}{\sum_j \max(I_j, 0)}, \qquad
    p_k = \frac{\exp\!\big(-\tfrac12 ((k - \mu)/\sigma)^2\big)}
@@ -42,6 +42,7 @@ from mipo.batch import Side
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import Need
 from mipo.primitives.weighter import AbstractSequenceWeighter
+from mipo.services import AbstractServiceSpec, GradientAttribution
 from mipo.typing import TokenWeights
 
 
@@ -103,6 +104,10 @@ class GradientAttributionWeights(AbstractSequenceWeighter):
         if self.span == "sequence":
             return frozenset({Need.ATTRIBUTION_SCORES, Need.SEQUENCE_MASK})
         return frozenset({Need.ATTRIBUTION_SCORES})
+
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        return (GradientAttribution(),)
 
     def weigh(self, side: Side) -> TokenWeights:
         scores = side.attribution_scores

@@ -40,6 +40,7 @@ from mipo.batch import Side
 from mipo.errors import CompositionError
 from mipo.needs import Need
 from mipo.primitives.prior import AbstractSequencePrior, BatchPrior, PriorTerms
+from mipo.services import AbstractServiceSpec, MarginalFit
 
 
 @final
@@ -80,6 +81,18 @@ class MarginalFitPrior(AbstractSequencePrior):
     @property
     def needs(self) -> frozenset[Need]:
         return frozenset({Need.PRIOR_LOGPS, Need.LEARNED_PRIOR})
+
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        return (
+            MarginalFit(
+                update_every=self.prior_update_every,
+                fit_steps=self.fit_steps,
+                fit_learning_rate=self.fit_learning_rate,
+                sample_max_new_tokens=self.sample_max_new_tokens,
+                sample_temperature=self.sample_temperature,
+            ),
+        )
 
     def terms(self, side: Side) -> PriorTerms:
         # the same refusal of a live prior as BatchPrior

@@ -1,8 +1,8 @@
 r"""Mask sources: where SparsePO/MaPO token masks $m^u_t$, $m^d_t$ come from.
 
-A source holds hyperparameters only. The trainer finds the (single) source of an
-objective by walking its primitives, builds the matching mask model
-(:mod:`mipo.masks`) and writes the masks into the batch fields ``token_weights``
+A source holds hyperparameters only. A source that needs a model declares it
+as a service (:mod:`mipo.services`); the trainer runs the mask model
+(:mod:`mipo.training.services.masks`) and writes the masks into the batch fields ``token_weights``
 ($m^u$, reward mask) and ``kl_weights`` ($m^d$, KL mask) in place of data
 columns. :class:`MaskWeights` reads them back, so the masks reach the objective
 through the token-interpolation prior and the sequential-KL prior:
@@ -25,16 +25,14 @@ References:
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, final
+from typing import Literal, final
 
 from mipo.batch import Side
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import NO_NEEDS, Need
 from mipo.primitives.weighter import AbstractSequenceWeighter
+from mipo.services import AbstractServiceSpec, ActivationMasking, LearnedMasking
 from mipo.typing import TokenWeights
-
-if TYPE_CHECKING:
-    from mipo.masks import AbstractMaskModel
 
 ActivationGroup = Literal["mlp", "attn", "resid", "logits"]
 ACTIVATION_GROUPS: tuple[ActivationGroup, ...] = ("mlp", "attn", "resid", "logits")
@@ -48,12 +46,10 @@ class AbstractMaskSource(abc.ABC):
     def needs(self) -> frozenset[Need]:
         """What the trainer must compute to build the masks."""
 
+    @property
     @abc.abstractmethod
-    def build_model(
-        self, *, hidden_size: int, num_layers: int
-    ) -> "AbstractMaskModel | None":
-        """The mask model the trainer owns (a fresh ``nn.Module``); ``None`` when
-        the masks are data columns."""
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        """The mask model the trainer runs; none when the masks are data columns."""
 
     @property
     def l1_share(self) -> float:
@@ -82,8 +78,9 @@ class DataMasks(AbstractMaskSource):
     def needs(self) -> frozenset[Need]:
         return NO_NEEDS
 
-    def build_model(self, *, hidden_size: int, num_layers: int) -> None:  # noqa: ARG002
-        return None
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        return ()
 
 
 @final
@@ -123,10 +120,9 @@ class ActivationMasks(AbstractMaskSource):
     def needs(self) -> frozenset[Need]:
         return frozenset({Need.REFERENCE_ACTIVATIONS})
 
-    def build_model(self, *, hidden_size: int, num_layers: int) -> "AbstractMaskModel":  # noqa: ARG002
-        from mipo.masks import ActivationMaskModel
-
-        return ActivationMaskModel(self.groups)
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        return (ActivationMasking(groups=tuple(self.groups)),)
 
 
 @final
@@ -173,15 +169,15 @@ class LearnedMasks(AbstractMaskSource):
     def needs(self) -> frozenset[Need]:
         return frozenset({Need.REFERENCE_HIDDEN_LAYERS})
 
-    def build_model(self, *, hidden_size: int, num_layers: int) -> "AbstractMaskModel":
-        from mipo.masks import LearnedMaskModel
-
-        return LearnedMaskModel(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            independent=self.independent_masks,
-            dropout=self.dropout,
-            mixer_init=self.mixer_init,
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        return (
+            LearnedMasking(
+                independent=self.independent_masks,
+                dropout=self.dropout,
+                mixer_init=self.mixer_init,
+                weight_decay=self.mask_weight_decay,
+            ),
         )
 
     @property

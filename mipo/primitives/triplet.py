@@ -2,7 +2,7 @@ r"""TI-DPO's triplet term on per-token log-ratios of anchor, chosen and rejected
 
 With the unweighted per-token log-ratios $l_t = \log\pi_\theta(y_t|s_t) -
 \log\pi_{ref}(y_t|s_t)$ of the anchor $a$ (sampled from the policy, see
-:mod:`mipo.anchor`), the chosen $y_w$ and the rejected $y_l$, each restricted to
+:mod:`mipo.training.services.anchor`), the chosen $y_w$ and the rejected $y_l$, each restricted to
 its response tokens and indexed from the first response token ($k = 0, 1,
 \dots$): $d_k$ (anchor), $b_k$ (chosen), $c_k$ (rejected),
 
@@ -30,11 +30,11 @@ from typing import final
 import torch
 from torch import Tensor
 
-from mipo.anchor import AnchorSampling
 from mipo.batch import PairBatch, Side
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import Need
 from mipo.primitives.terms import AbstractTerm
+from mipo.services import AbstractServiceSpec, AnchorSampling
 from mipo.typing import PerPair
 
 
@@ -75,6 +75,10 @@ class LogRatioTriplet(AbstractTerm):
     @property
     def needs(self) -> frozenset[Need]:
         return frozenset({Need.ANCHOR, Need.REFERENCE_LOGPS})
+
+    @property
+    def services(self) -> tuple[AbstractServiceSpec, ...]:
+        return (self.sampling,)
 
     def __call__(self, batch: PairBatch) -> PerPair:
         if batch.anchor is None:

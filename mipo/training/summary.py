@@ -34,7 +34,7 @@ def _interval(result: dict[str, Any], key: str, fmt: str = "+.3f") -> str:
 
 
 def _loss_line(run_dir: Path) -> str | None:
-    from mipo.run import read_metrics
+    from mipo.training.run_dir import read_metrics
 
     losses = [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
     if len(losses) < 2:

@@ -1,13 +1,14 @@
 """Load the policy, the tokenizer and the reference a run needs.
 
-The reference is built only when the objective's needs ask for reference
-quantities (``REFERENCE_LOGPS``, ``KL_FORWARD``, ``KL_REVERSE``); a reference-free
+The reference is built only when the objective's needs read it (the table of
+needs, :data:`mipo.needs.NEEDS`); a reference-free
 objective (SimPO) never loads one. Three kinds (``TrainConfig.reference``):
 
 * ``copy``: a frozen deep copy of the initial policy, in eval mode;
 * ``adapter_off``: the LoRA policy itself with its adapters disabled (no copy);
 * ``precomputed``: no reference model during training; its token log-probs are
-  computed once (:mod:`mipo.precompute`) and read from a cache.
+  computed once and read from a cache
+  (:mod:`mipo.training.services.reference_cache`).
 
 Dropout is disabled in policy and reference, as in TRL's ``disable_dropout``:
 with dropout the implicit reward of a pair would be random.
@@ -24,41 +25,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mipo.config import TrainConfig
-from mipo.logps import final_hidden_states
 from mipo.needs import Need
+from mipo.training.config import TrainConfig
+from mipo.training.logps import final_hidden_states
 
-REFERENCE_NEEDS = frozenset(
-    {
-        Need.REFERENCE_LOGPS,
-        Need.KL_FORWARD,
-        Need.KL_REVERSE,
-        Need.REFERENCE_ACTIVATIONS,
-        Need.REFERENCE_HIDDEN_LAYERS,
-        Need.LEARNED_PRIOR,
-    }
-)
-"""Needs that read the reference model."""
-LOGIT_NEEDS = frozenset(
-    {
-        Need.KL_FORWARD,
-        Need.KL_REVERSE,
-        Need.ANCHOR,
-        Need.REFERENCE_ACTIVATIONS,
-        Need.REFERENCE_HIDDEN_LAYERS,
-        Need.LEARNED_PRIOR,
-    }
-)
-"""Needs that a cache of reference token log-probs cannot serve."""
-UNSUPPORTED_NEEDS = frozenset({Need.PRIOR_LOGPS})
-"""Needs the trainer does not supply (a separately trained prior model)."""
+
+def reads_reference(needs: frozenset[Need]) -> bool:
+    """True when computing ``needs`` runs the reference model (table of needs)."""
+    return any(need.info.reads_reference for need in needs)
 
 
 def resolve_model_path(name: str) -> str:
     """``"smollm2"`` -> the converted local directory; a local path as is; a hub
     name only when online."""
     if name == "smollm2":
-        from mipo.assets import smollm2_dir
+        from mipo.training.assets import smollm2_dir
 
         return str(smollm2_dir())
     if Path(name).expanduser().exists():
@@ -207,26 +188,16 @@ class AdapterOffReference(AbstractReference):
 
 
 def check_reference_kind(config: TrainConfig, needs: frozenset[Need]) -> None:
-    """Refuse combinations the trainer cannot serve, before any model is loaded."""
-    unsupported = needs & UNSUPPORTED_NEEDS
-    if Need.LEARNED_PRIOR in needs:
-        # the trainer fits the prior model itself and supplies its log-probs
-        unsupported -= {Need.PRIOR_LOGPS}
-    if unsupported:
-        names = ", ".join(sorted(n.value for n in unsupported))
-        raise ValueError(
-            f"the objective needs {names}, which the trainer does not supply "
-            f"(a prior model is trained and evaluated separately)"
-        )
+    """Refuse a precomputed reference for needs a cache cannot serve, before any
+    model is loaded."""
     if config.reference == "precomputed":
-        blocked = needs & LOGIT_NEEDS
+        blocked = sorted(need.value for need in needs if not need.info.cacheable)
         if blocked:
-            names = ", ".join(sorted(n.value for n in blocked))
             raise ValueError(
-                f"TrainConfig.reference='precomputed': the objective needs {names}, "
-                f"which need the reference model's full distribution or a fresh "
-                f"generation; cached token log-probs cannot serve them. Use "
-                f"reference='copy' or 'adapter_off'"
+                f"TrainConfig.reference='precomputed': the objective needs "
+                f"{', '.join(blocked)}, which need the reference model's full "
+                f"distribution or a fresh generation; cached token log-probs cannot "
+                f"serve them. Use reference='copy' or 'adapter_off'"
             )
 
 
@@ -249,9 +220,7 @@ def load_models(
     path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(path)
     base = load_causal_lm(path)
-    wants_reference = (
-        bool(needs & REFERENCE_NEEDS) and config.reference != "precomputed"
-    )
+    wants_reference = reads_reference(needs) and config.reference != "precomputed"
     reference: AbstractReference | None = None
     if config.lora_rank > 0:
         if checkpoint is not None:
@@ -288,5 +257,6 @@ __all__ = [
     "check_reference_kind",
     "disable_dropout",
     "load_models",
+    "reads_reference",
     "resolve_model_path",
 ]

@@ -23,7 +23,7 @@ The causal shift must not cross a boundary either: the last token of one
 sequence would otherwise "predict" the first token of the next. The packed
 ``labels`` therefore set the first token of every sequence to ``-100`` (it is
 never a label anyway: nothing predicts it), so
-:func:`mipo.logps.token_stats` on the packed row masks the cross-boundary
+:func:`mipo.training.logps.token_stats` on the packed row masks the cross-boundary
 positions, and :meth:`PackedSequences.unpack_shifted` maps its ``[1, N-1]``
 outputs back to ``[S, L-1]``.
 
@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Bool, Int, Shaped
 from torch import Tensor
 
-from mipo.logps import IGNORE_INDEX, TokenStats
+from mipo.training.logps import IGNORE_INDEX, TokenStats
 
 
 @final
@@ -93,7 +93,7 @@ class PackedSequences:
         return torch.where(valid, gathered, torch.zeros_like(gathered))
 
     def unpack_token_stats(self, stats: TokenStats) -> TokenStats:
-        """:func:`mipo.logps.token_stats` of the packed row, unpacked to
+        """:func:`mipo.training.logps.token_stats` of the packed row, unpacked to
         ``[S, L-1]``; equal to the stats of the padded batch."""
 
         def unpack(values: Tensor | None) -> Tensor | None:

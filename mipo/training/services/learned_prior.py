@@ -2,7 +2,8 @@ r"""The prior model behind :class:`~mipo.primitives.MarginalFitPrior`: reference
 logits plus a learned vocabulary bias, fitted to policy samples.
 
 $\log\zeta_\phi(y_t|s_t) = \log\operatorname{softmax}(o^{ref}(s_t) + \phi)_{y_t}$.
-The trainer owns one :class:`LogitBiasPrior`; :func:`fit_prior_to_policy` is the
+Its service (:class:`MarginalFitService`) owns one :class:`LogitBiasPrior`;
+:func:`fit_prior_to_policy` is the
 Blahut–Arimoto prior step (maximum likelihood on responses sampled from the
 current policy, ``docs/objective.md#the-prior-step-blahut-arimoto``), and
 :meth:`LogitBiasPrior.token_logps` gives the detached $\log\zeta_\phi$ that reaches
@@ -16,8 +17,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from mipo.logps import IGNORE_INDEX
+from mipo.needs import Need
+from mipo.services import AnchorSampling, MarginalFit
+from mipo.training.logps import IGNORE_INDEX
+from mipo.training.services.anchor import generate_anchor
+from mipo.training.services.base import Forward, Models, Service, ServiceSetup
 from mipo.typing import TokenLogps
+
+PRIOR_FILE = "prior_model.safetensors"
+"""The learned prior's bias inside a ``checkpoint-N`` directory."""
 
 
 class LogitBiasPrior(nn.Module):
@@ -101,9 +109,9 @@ def fit_prior_to_policy(
 
     Args:
         prior: the bias to fit (in place).
-        settings: the :class:`~mipo.primitives.MarginalFitPrior`.
+        settings: the :class:`~mipo.services.MarginalFit` spec.
         policy: the current policy (samples without gradient).
-        reference: the :class:`~mipo.model.AbstractReference`.
+        reference: the :class:`~mipo.training.models.AbstractReference`.
         prompt_input_ids: left-padded prompts.
         prompt_attention_mask: 1 on prompt tokens.
         pad_token_id: padding id.
@@ -113,8 +121,6 @@ def fit_prior_to_policy(
         ``prior/nll_before``, ``prior/nll_after`` (mean per sampled token) and
         ``prior/bias_norm``.
     """
-    from mipo.anchor import AnchorSampling, generate_anchor
-
     sampling = AnchorSampling(
         max_new_tokens=settings.sample_max_new_tokens,
         top_k=0,
@@ -147,22 +153,49 @@ def fit_prior_to_policy(
     }
 
 
-def find_learned_prior(objective: Any) -> Any:
-    """The :class:`~mipo.primitives.MarginalFitPrior` of ``objective`` (``None``
-    when there is none); two different ones are refused."""
-    from mipo.masks import primitives_in
-    from mipo.needs import Need
-    from mipo.primitives.learned_prior import MarginalFitPrior
+class MarginalFitService(Service, spec=MarginalFit):
+    r"""Owns the bias $\phi$: refits it before every ``update_every``-th optimiser
+    step and writes $\log\zeta_\phi$ into ``prior_logps``."""
 
-    if Need.LEARNED_PRIOR not in objective.needs:
-        return None
-    found = [p for p in primitives_in(objective) if isinstance(p, MarginalFitPrior)]
-    if len(found) != 1:
-        raise ValueError(
-            f"the objective has {len(found)} different learned priors {found}; "
-            f"expected exactly one"
+    description = "learned prior"
+    checkpoint_file = PRIOR_FILE
+
+    def __init__(self, spec: MarginalFit, setup: ServiceSetup) -> None:
+        super().__init__(spec, setup)
+        vocab = setup.models.policy.get_output_embeddings().weight.shape[0]
+        self.module = LogitBiasPrior(vocab).to(setup.device)
+        self.last_fit: dict[str, float] = {}
+
+    def before_step(self, step: int, batch: Any, models: Models) -> None:
+        if step % self.spec.update_every != 0:
+            return
+        # the Blahut-Arimoto prior step, outside J
+        self.last_fit = fit_prior_to_policy(
+            self.module,
+            self.spec,
+            models.policy,
+            models.reference,
+            batch.tensors.prompt_input_ids,
+            batch.tensors.prompt_attention_mask,
+            pad_token_id=models.pad_token_id,
+            eos_token_id=models.eos_token_id,
         )
-    return found[0]
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.last_fit)
+
+    def after_forward(
+        self,
+        forward: Forward,
+        batch: Any,  # noqa: ARG002
+        models: Models,  # noqa: ARG002
+    ) -> dict[Need, Tensor]:
+        if forward.reference_hidden is None:
+            raise ValueError("the learned prior needs the reference forward")
+        logps = self.module.token_logps(
+            forward.reference_hidden, forward.reference_head, forward.stacked.labels
+        )
+        return {Need.PRIOR_LOGPS: logps.to(forward.stats.policy_logps.dtype)}
 
 
-__all__ = ["LogitBiasPrior", "find_learned_prior", "fit_prior_to_policy"]
+__all__ = ["PRIOR_FILE", "LogitBiasPrior", "MarginalFitService", "fit_prior_to_policy"]

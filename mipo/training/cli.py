@@ -1,7 +1,7 @@
 """Dotted command-line overrides for a recipe: ``--train.FIELD=VALUE`` and
 ``--objective.NAME=VALUE``.
 
-``--train.*`` keys are the fields of :class:`~mipo.config.TrainConfig`;
+``--train.*`` keys are the fields of :class:`~mipo.training.config.TrainConfig`;
 ``--objective.*`` keys are the keyword arguments of the recipe's
 ``make_objective``. Values are converted to the annotated type (``int``,
 ``float``, ``bool``, ``str``, ``Literal[...]``, ``... | None``); a value that does
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, final
 
-from mipo.config import TrainConfig
 from mipo.objective import Objective
-from mipo.primitive_syntax import PrimitiveSyntaxError, parse_primitive
-from mipo.recipes import Recipe
+from mipo.training.config import TrainConfig
+from mipo.training.primitive_syntax import PrimitiveSyntaxError, parse_primitive
+from mipo.training.recipes import Recipe
 
 GROUPS = ("train", "objective")
 

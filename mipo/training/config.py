@@ -64,6 +64,12 @@ class TrainConfig:
             other data sets. A run with a gold reward scores the greedy answers
             to the held-out prompts before training, at every evaluation and at
             the end, and reports the gain with its 95 % bootstrap interval.
+        sync_ref_model: move the reference towards the policy during training
+            (TR-DPO's soft update, TRL's ``sync_ref_model``; needs
+            ``reference="copy"`` and full fine-tuning).
+        ref_model_mixup_alpha: the policy's share a in each update,
+            reference <- a * policy + (1 - a) * reference.
+        ref_model_sync_steps: optimiser steps between updates.
     """
 
     model: str = "smollm2"
@@ -97,6 +103,9 @@ class TrainConfig:
     swap_pairs: bool = False
     padding_free: bool = False
     gold: str = ""
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
 
     def __post_init__(self) -> None:
         positive = (
@@ -140,6 +149,16 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig.max_prompt_length: must be > 0 and < max_length, got "
                 f"{self.max_prompt_length} (max_length {self.max_length})"
+            )
+        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+            raise ValueError(
+                f"TrainConfig.ref_model_mixup_alpha: must be in [0, 1], got "
+                f"{self.ref_model_mixup_alpha}"
+            )
+        if self.ref_model_sync_steps < 1:
+            raise ValueError(
+                f"TrainConfig.ref_model_sync_steps: must be >= 1, got "
+                f"{self.ref_model_sync_steps}"
             )
         if self.reference == "adapter_off" and self.lora_rank == 0:
             raise ValueError("TrainConfig.reference='adapter_off' needs lora_rank > 0")

@@ -101,7 +101,7 @@ def final_hidden_states(
         model: a ``*ForCausalLM`` model, optionally wrapped by peft.
         input_ids: token ids.
         attention_mask: 1 on real tokens, 0 on padding; ``None`` when a packed
-            batch passes ``position_ids`` (see :mod:`mipo.packing`).
+            batch passes ``position_ids`` (see :mod:`mipo.training.packing`).
         position_ids: optional explicit positions (packed sequences).
 
     Returns:
@@ -114,7 +114,7 @@ def final_hidden_states(
         if value != neutral:
             raise ValueError(
                 f"{type(causal_lm).__name__}: config.{name}={value!r} post-processes "
-                f"the logits; mipo.logps applies the head alone and does not support it"
+                f"the logits; mipo.training.logps applies the head alone and does not support it"
             )
     get_decoder = getattr(causal_lm, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
@@ -172,20 +172,13 @@ def token_stats(
         :class:`TokenStats` on the shifted ``[batch, L-1]`` axis; the reference
         fields are set when ``reference_hidden`` is given, the KLs when asked.
     """
-    has_reference = reference_hidden is not None
-    if has_reference != (reference_head is not None):
-        raise ValueError(
-            "token_stats: pass reference_hidden and reference_head together"
-        )
-    if (kl_forward or kl_reverse) and not has_reference:
-        raise ValueError("token_stats: the KLs need reference_hidden/reference_head")
-    if labels.shape[1] < 2:
-        raise ValueError(
-            f"token_stats: labels has {labels.shape[1]} positions; the causal shift "
-            f"needs at least 2"
-        )
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"token_stats: chunk_size must be >= 1, got {chunk_size}")
+    _check_arguments(
+        labels,
+        has_reference=reference_hidden is not None,
+        has_head=reference_head is not None,
+        kls=kl_forward or kl_reverse,
+        chunk_size=chunk_size,
+    )
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     if chunk_size is None:
@@ -215,6 +208,35 @@ def token_stats(
         kl_reverse=kl_reverse,
         chunk_size=chunk_size,
     )
+    return _scattered(values, mask)
+
+
+def _check_arguments(
+    labels: Tensor,
+    *,
+    has_reference: bool,
+    has_head: bool,
+    kls: bool,
+    chunk_size: int | None,
+) -> None:
+    if has_reference != has_head:
+        raise ValueError(
+            "token_stats: pass reference_hidden and reference_head together"
+        )
+    if kls and not has_reference:
+        raise ValueError("token_stats: the KLs need reference_hidden/reference_head")
+    if labels.shape[1] < 2:
+        raise ValueError(
+            f"token_stats: labels has {labels.shape[1]} positions; the causal shift "
+            f"needs at least 2"
+        )
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"token_stats: chunk_size must be >= 1, got {chunk_size}")
+
+
+def _scattered(values: "_RowStats", mask: Tensor) -> TokenStats:
+    """The per-response-row values of the chunked path back on the shifted axis
+    (zeros off the responses)."""
     dtype = values.logps.dtype
 
     def scatter(rows: Tensor | None) -> Tensor | None:

@@ -13,6 +13,10 @@ parameters' ``.grad`` are never touched and no graph is kept, so the scores are
 constants. The policy runs in eval mode (dropout off) and every module's mode is
 restored afterwards, also on an exception.
 
+The :class:`AttributionService` serves :class:`~mipo.services.GradientAttribution`:
+before the forwards of every micro-batch it scores the chosen and the rejected
+rows (the anchor's weights are never read).
+
 References:
     Yang et al., "Token-Importance Guided Direct Preference Optimization", arXiv
     2505.19653 v3, Sec. 4.2, Eq. 5-6; released code ``gradient_attribution.py``
@@ -21,12 +25,16 @@ References:
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from mipo.logps import _unwrap_peft
+from mipo.needs import Need
+from mipo.services import GradientAttribution
+from mipo.training.logps import _unwrap_peft
+from mipo.training.services.base import Models, Service, Stacked
 
 
 @contextlib.contextmanager
@@ -104,4 +112,34 @@ def attribution_scores(
     return torch.nn.functional.pad(scores, (0, input_ids.shape[1] - width))
 
 
-__all__ = ["attribution_scores", "eval_mode", "last_valid_position"]
+class AttributionService(Service, spec=GradientAttribution):
+    """Attribution scores of the current policy, on the shifted axis."""
+
+    description = "gradient attribution"
+    needs_grad = True
+
+    def before_forward(
+        self,
+        stacked: Stacked,
+        batch: Any,  # noqa: ARG002
+        models: Models,
+    ) -> dict[Need | str, Tensor]:
+        pairs = stacked.pair_rows
+        scores = attribution_scores(
+            models.policy,
+            stacked.input_ids[:pairs],
+            stacked.attention_mask[:pairs],
+        )
+        out: dict[Need | str, Tensor] = {Need.ATTRIBUTION_SCORES: scores[:, 1:].float()}
+        if Need.SEQUENCE_MASK in stacked.needs:
+            # the "sequence" span counts the first token, which predicts nothing
+            out["first_token_attribution"] = scores[:, 0].float()
+        return out
+
+
+__all__ = [
+    "AttributionService",
+    "attribution_scores",
+    "eval_mode",
+    "last_valid_position",
+]

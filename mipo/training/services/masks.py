@@ -1,8 +1,10 @@
 r"""Mask models for SparsePO and MaPO: token masks from the reference model.
 
-The trainer builds one mask model from the objective's
-:class:`~mipo.primitives.masks.AbstractMaskSource`, hooks the reference forward it
-already runs (:meth:`AbstractMaskModel.capturing`), and turns what it captured
+A mask source (:class:`~mipo.primitives.masks.AbstractMaskSource`) declares its
+mask model as a service spec (:class:`~mipo.services.ActivationMasking`,
+:class:`~mipo.services.LearnedMasking`); its service builds the model, hooks the
+reference forward the trainer already runs (:meth:`AbstractMaskModel.capturing`),
+and turns what it captured
 into the reward mask $m^u$ and the KL mask $m^d$ on the shifted ``seq`` axis
 (:meth:`AbstractMaskModel.masks`). Position $t$ of the shifted axis holds the
 label $y_t$ predicted from the state at unshifted position $t$, so every
@@ -26,19 +28,21 @@ References:
 
 import abc
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, final
+from typing import Any, Literal, final
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from mipo.needs import Need
+from mipo.services import AbstractServiceSpec, ActivationMasking, LearnedMasking
+from mipo.training.services.base import Forward, Models, Service, ServiceSetup
 from mipo.typing import TokenMask, TokenValues, TokenWeights
 
-if TYPE_CHECKING:
-    from mipo.primitives.masks import AbstractMaskSource
+MASK_MODEL_FILE = "mask_model.safetensors"
+"""The learned mask model's weights inside a ``checkpoint-N`` directory."""
 
 CaptureKind = Literal["input", "output"]
 
@@ -330,46 +334,72 @@ class LearnedMaskModel(AbstractMaskModel):
         )
 
 
-def primitives_in(value: object) -> list[object]:
-    """Every primitive reachable from ``value`` through dataclass fields and
-    tuples (an objective, its slots, their arguments), depth first, distinct."""
-    found: list[object] = []
+class _MaskService(Service):
+    """Hooks the reference forward and writes the reward mask into
+    ``token_weights`` and the KL mask into ``kl_weights``."""
 
-    def walk(item: object) -> None:
-        if isinstance(item, tuple | list):
-            for element in item:
-                walk(element)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            if item not in found:
-                found.append(item)
-            for field in dataclasses.fields(item):
-                walk(getattr(item, field.name))
+    description = "mask model"
+    checkpoint_file = MASK_MODEL_FILE
+    supports_packing = False  # the hooks see packed rows, the masks want padded
 
-    walk(value)
-    return found
+    def __init__(self, spec: AbstractServiceSpec, setup: ServiceSetup) -> None:
+        super().__init__(spec, setup)
+        self.module = self.build(setup.models.policy.config).to(setup.device)
+        self.module.train()
 
+    def build(self, config: Any) -> AbstractMaskModel:
+        """The mask model for a policy with Hugging Face ``config``."""
+        raise NotImplementedError
 
-def find_mask_source(objective: object) -> "AbstractMaskSource | None":
-    """The one mask source among the primitives of ``objective`` whose needs the
-    objective asks for (``None`` when there is none); two different sources are
-    refused."""
-    from mipo.primitives.masks import AbstractMaskSource
+    def reference_hooks(self, reference_model: nn.Module | None) -> Any:
+        if reference_model is None:
+            raise ValueError(
+                "the mask model needs the reference model's modules (a .model "
+                "attribute) to hook"
+            )
+        return self.module.capturing(reference_model)
 
-    needs = getattr(objective, "needs", frozenset())
-    # a source without needs (DataMasks) has no model to build
-    active = [
-        source
-        for source in primitives_in(objective)
-        if isinstance(source, AbstractMaskSource)
-        and source.needs
-        and source.needs <= needs
-    ]
-    if len(active) > 1:
-        raise ValueError(
-            f"the objective uses {len(active)} different mask sources {active}; "
-            f"the reward and KL masks must come from one source"
+    def after_forward(
+        self,
+        forward: Forward,
+        batch: Any,  # noqa: ARG002
+        models: Models,  # noqa: ARG002
+    ) -> dict[Need, Tensor]:
+        if forward.reference_hidden is None:
+            raise ValueError(f"{self.spec!r}: the masks need the reference forward")
+        reward, kl = self.module.masks(
+            forward.captured[self],
+            forward.reference_hidden,
+            forward.reference_head,
+            forward.stats.response_mask,
         )
-    return active[0] if active else None
+        return {Need.TOKEN_WEIGHTS: reward, Need.KL_WEIGHTS: kl}
+
+
+class ActivationMaskService(_MaskService, spec=ActivationMasking):
+    """MaPO's constant masks."""
+
+    def build(self, config: Any) -> AbstractMaskModel:  # noqa: ARG002
+        return ActivationMaskModel(self.spec.groups)
+
+
+class LearnedMaskService(_MaskService, spec=LearnedMasking):
+    """SparsePO's mask networks, trained with the policy in their own optimiser
+    group."""
+
+    def build(self, config: Any) -> AbstractMaskModel:
+        spec = self.spec
+        return LearnedMaskModel(
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            independent=spec.independent,
+            dropout=spec.dropout,
+            mixer_init=spec.mixer_init,
+        )
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        parameters = list(self.module.parameters())
+        return [{"params": parameters, "weight_decay": self.spec.weight_decay}]
 
 
 __all__ = [
@@ -377,9 +407,10 @@ __all__ = [
     "ActivationMaskModel",
     "CapturePoint",
     "LearnedMaskModel",
+    "ActivationMaskService",
+    "LearnedMaskService",
+    "MASK_MODEL_FILE",
     "SparseMaskNetwork",
     "decoder_layers",
-    "find_mask_source",
-    "primitives_in",
     "minmax_over_response",
 ]

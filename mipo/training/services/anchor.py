@@ -7,61 +7,27 @@ The response ends at its first EOS, which counts as a response token (an EOS
 sampled first is a one-token response); a response that reaches
 ``max_new_tokens`` without EOS is kept as sampled.
 
+The :class:`AnchorService` serves :class:`~mipo.services.AnchorSampling`: it
+samples one anchor per prompt of every micro-batch and adds it to the forward
+as the batch-level side ``anchor``.
+
 References:
     Yang et al., arXiv 2505.19653 v3, Sec. 4.3 (the paper starts the anchor from
     $y_w$; the released code ``trainers.py`` at ``e04a0926`` samples it from the
     prompt, which mipo follows; ``docs/recipe_notes/ti_dpo.md``).
 """
 
-import math
-from dataclasses import dataclass
-from typing import final
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from mipo.attribution import eval_mode
 from mipo.data.collate import IGNORE_INDEX, SequenceTensors
-
-
-@final
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AnchorSampling:
-    """How the anchor is sampled (the released code's values; the paper gives none).
-
-    Args:
-        max_new_tokens: longest sampled response, EOS included.
-        top_k: keep the ``top_k`` most likely tokens (0: no top-k filter).
-        top_p: nucleus mass kept, in (0, 1].
-        temperature: softmax temperature, > 0.
-
-    References:
-        TIDPO ``trainers.py`` at ``e04a0926``: ``do_sample``, top-k 50, top-p 0.95,
-        temperature 0.8, ``min(64, max_length - longest prompt)`` new tokens.
-    """
-
-    max_new_tokens: int = 64
-    top_k: int = 50
-    top_p: float = 0.95
-    temperature: float = 0.8
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(
-                f"AnchorSampling.max_new_tokens: must be >= 1, got {self.max_new_tokens}"
-            )
-        if self.top_k < 0:
-            raise ValueError(f"AnchorSampling.top_k: must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(
-                f"AnchorSampling.top_p: must be in (0, 1], got {self.top_p}"
-            )
-        if not (math.isfinite(self.temperature) and self.temperature > 0.0):
-            raise ValueError(
-                f"AnchorSampling.temperature: must be finite and > 0, got "
-                f"{self.temperature}"
-            )
+from mipo.needs import Need
+from mipo.services import AnchorSampling
+from mipo.training.services.attribution import eval_mode
+from mipo.training.services.base import Models, Service, ServiceSetup
 
 
 def generate_anchor(
@@ -171,4 +137,28 @@ def _repack(
     )
 
 
-__all__ = ["AnchorSampling", "generate_anchor"]
+class AnchorService(Service, spec=AnchorSampling):
+    """Samples the anchor of every micro-batch from the current policy."""
+
+    description = "anchor sampler"
+
+    def __init__(self, spec: AnchorSampling, setup: ServiceSetup) -> None:
+        super().__init__(spec, setup)
+        self.sampling = spec
+
+    def extra_sides(self, batch: Any, models: Models) -> dict[Need, SequenceTensors]:
+        tensors = batch.tensors
+        if models.eos_token_id is None:
+            raise ValueError("the anchor needs an eos_token_id to end its response")
+        anchor = generate_anchor(
+            models.policy,
+            tensors.prompt_input_ids,
+            tensors.prompt_attention_mask,
+            sampling=self.sampling,
+            pad_token_id=models.pad_token_id,
+            eos_token_id=models.eos_token_id,
+        )
+        return {Need.ANCHOR: anchor}
+
+
+__all__ = ["AnchorService", "AnchorSampling", "generate_anchor"]

@@ -1,0 +1,260 @@
+r"""Held-out evaluation of a policy.
+
+* implicit-reward accuracy, mean margin and link loss on held-out pairs, from the
+  objective's own rewards $\beta\,r(y)$ (extra terms left out) (``rewards/accuracies`` counts pairs with
+  $\beta r(y_w) > \beta r(y_l)$; ties count as wrong);
+* the mean per-token $\mathrm{KL}(\pi_\theta\|\pi_{\mathrm{ref}})$ over the
+  held-out chosen completions, when a reference model is loaded;
+* for data sets with a gold reward (the built-in tasks, or ``--train.gold``), the
+  gold reward of greedy answers generated with the chat template
+  (:mod:`mipo.training.gold`), with its bootstrap interval and its gain over
+  step 0.
+
+``python -m mipo.eval RUN_DIR`` re-runs it on the latest checkpoint of a saved
+run and writes ``eval.json`` there.
+"""
+
+import contextlib
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mipo.needs import Need
+from mipo.objective import Objective
+from mipo.training.batching import BatchBuilder
+from mipo.training.services.base import Models, Service, evaluating
+from mipo.training.stats import bootstrap_mean, interval_fields
+
+
+def evaluation_services(
+    objective: Objective, services: Sequence[Service]
+) -> tuple[Service, ...]:
+    """The services evaluation runs: those of the objective without its extra
+    terms (an anchor sampled for a triplet term is not), and the run's own."""
+    kept = dataclasses.replace(objective, terms=()).services
+    return tuple(
+        s for s in services if s.spec in kept or s.spec not in objective.services
+    )
+
+
+def evaluate_pairs(
+    objective: Objective,
+    models: Models,
+    loader: Any,
+    *,
+    device: torch.device,
+    services: Sequence[Service] = (),
+    chunk_size: int | None = None,
+    correct: list[float] | None = None,
+) -> dict[str, float | int]:
+    """Implicit-reward accuracy (with its 95 % bootstrap interval), margin, loss
+    and chosen KL(pi||ref) per token.
+
+    Extra terms are left out: they never enter the rewards, and some are costly to
+    evaluate (TI-DPO's triplet samples an anchor per pair). ``eval/loss`` is the
+    link loss only. ``correct``, when given, receives 1.0 or 0.0 per pair.
+    Batches come from the same :class:`BatchBuilder` as training, with the
+    services of the objective without its terms, in eval mode.
+    """
+    active = evaluation_services(objective, services)
+    objective = dataclasses.replace(objective, terms=())
+    wants_kl = models.reference is not None
+    needs = objective.needs | ({Need.KL_REVERSE} if wants_kl else set())
+    builder = BatchBuilder(
+        needs=frozenset(needs), services=active, chunk_size=chunk_size
+    )
+    models = dataclasses.replace(models, body=None)
+    policy = models.policy
+    was_training = policy.training
+    policy.eval()
+    totals = {"margin": 0.0, "loss": 0.0, "pairs": 0}
+    flags: list[float] = []
+    kl_sum, kl_tokens = 0.0, 0.0
+    # services that take gradients (attribution) keep autograd on
+    grad = contextlib.nullcontext() if _needs_grad(active) else torch.no_grad()
+    try:
+        with grad, evaluating(active):
+            for batch in loader:
+                pair_batch = builder(models, batch.to(device))
+                out = objective(pair_batch)
+                chosen, rejected = out.chosen_rewards, out.rejected_rewards
+                flags += (chosen > rejected).double().tolist()
+                totals["margin"] += float((chosen - rejected).sum())
+                totals["loss"] += float(out.per_pair.detach().sum())
+                totals["pairs"] += chosen.shape[0]
+                if wants_kl:
+                    side = pair_batch.chosen
+                    kl_sum += float(side.masked_sum(side.kl_reverse.detach()).sum())
+                    kl_tokens += float(side.lengths.sum())
+    finally:
+        policy.train(was_training)
+    pairs = max(totals["pairs"], 1)
+    if correct is not None:
+        correct += flags
+    result = {
+        "eval/pairs": totals["pairs"],
+        **interval_fields("eval/rewards/accuracies", bootstrap_mean(flags or [0.0])),
+        "eval/rewards/margins": totals["margin"] / pairs,
+        "eval/loss": totals["loss"] / pairs,
+    }
+    if wants_kl:
+        result["eval/kl_reverse_per_token"] = kl_sum / max(kl_tokens, 1.0)
+    return result
+
+
+def _needs_grad(services: Sequence[Service]) -> bool:
+    return any(service.needs_grad for service in services)
+
+
+def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
+    """The evaluation of a training run at ``at_step``: the gold reward of greedy
+    answers to the held-out prompts (main process; with its gain over step 0)
+    and, after step 0, the held-out pairs. Scores go to ``eval_scores.json``."""
+    result: dict[str, Any] = {"step": at_step}
+    data, scores = run.data, run.scores
+    if (
+        run.gold_reward is not None
+        and run.accelerator.is_main_process
+        and data.eval_records
+    ):
+        gold = _gold(run.models.policy, run.tokenizer, data.eval_records, run)
+        scores.add("gold", at_step, gold)
+        result["eval/gold_prompts"] = len(gold)
+        result.update(interval_fields("eval/gold_reward", bootstrap_mean(gold)))
+        before = scores.get("gold", 0)
+        if before is not None and at_step > 0:
+            gains = [a - b for a, b in zip(gold, before, strict=True)]
+            result["eval/gold_reward_before"] = sum(before) / len(before)
+            result.update(interval_fields("eval/gold_gain", bootstrap_mean(gains)))
+    if not data.eval or at_step == 0:
+        return result
+    correct: list[float] = []
+    result |= evaluate_pairs(
+        run.objective,
+        run.models,
+        run.eval_loader,
+        device=run.device,
+        services=run.services,
+        chunk_size=run.config.logps_chunk_size or None,
+        correct=correct,
+    )
+    if scores is not None:
+        scores.add("correct", at_step, correct)
+    return result
+
+
+def _gold(
+    policy: nn.Module, tokenizer: Any, records: list[Any], run: Any
+) -> list[float]:
+    from mipo.training.gold import gold_scores
+
+    return gold_scores(
+        policy,
+        tokenizer,
+        records,
+        run.gold_reward,
+        device=run.device,
+        max_new_tokens=run.config.eval_max_new_tokens,
+    )
+
+
+def gold_accuracy(
+    policy: nn.Module,
+    tokenizer: Any,
+    records: list[Any],
+    *,
+    device: torch.device,
+    max_new_tokens: int,
+) -> float | None:
+    """Share of greedy answers with arithmetic gold reward 1 over ``records`` that
+    carry a gold answer (``None`` when none does)."""
+    from mipo.data.builtin import gold_reward
+    from mipo.training.gold import gold_scores
+
+    gold = [r for r in records if r.gold is not None]
+    if not gold:
+        return None
+    scores = gold_scores(
+        policy,
+        tokenizer,
+        gold,
+        gold_reward,
+        device=device,
+        max_new_tokens=max_new_tokens,
+    )
+    return sum(scores) / len(scores)
+
+
+def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
+    """Re-run the evaluation of a saved run on its latest checkpoint (objectives
+    composed in Python included); writes ``eval.json`` there.
+
+    Args:
+        run_dir: the run directory.
+        gold: a ``module:function`` gold reward (default: the run's own).
+    """
+    from mipo.training.gold import gold_scores, resolve_gold
+    from mipo.training.run_dir import write_json
+    from mipo.training.setup import load_saved_run
+
+    saved = load_saved_run(Path(run_dir))
+    gold_reward = resolve_gold(saved.config.dataset, gold or saved.config.gold)
+    result: dict[str, Any] = {}
+    if saved.data.eval:
+        result = evaluate_pairs(
+            saved.objective,
+            saved.models,
+            saved.eval_loader,
+            device=saved.device,
+            services=saved.services,
+            chunk_size=saved.config.logps_chunk_size or None,
+        )
+    if gold_reward is not None and saved.data.eval_records:
+        after = gold_scores(
+            saved.models.policy,
+            saved.tokenizer,
+            saved.data.eval_records,
+            gold_reward,
+            device=saved.device,
+            max_new_tokens=saved.config.eval_max_new_tokens,
+        )
+        result["eval/gold_prompts"] = len(after)
+        result.update(interval_fields("eval/gold_reward", bootstrap_mean(after)))
+    result["checkpoint"] = saved.checkpoint.name
+    write_json(Path(run_dir) / "eval.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mipo.eval RUN_DIR``: evaluate the latest checkpoint of a run."""
+    args = sys.argv[1:] if argv is None else argv
+    gold = ""
+    if len(args) == 3 and args[1] == "--gold":
+        args, gold = args[:1], args[2]
+    elif len(args) == 2 and args[1].startswith("--gold="):
+        args, gold = args[:1], args[1].removeprefix("--gold=")
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m mipo.eval RUN_DIR [--gold module:function]")
+        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    result = evaluate_run(args[0], gold=gold)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "evaluate_pairs",
+    "evaluate_run",
+    "evaluate_step",
+    "evaluation_services",
+    "gold_accuracy",
+    "main",
+]

@@ -1,0 +1,95 @@
+"""The fit loop: epoch -> accumulation group -> micro-step.
+
+It reads like nanoGPT's training loop. Everything model-side happens in the
+objective's services and the batch builder; the loop never asks which method
+runs.
+"""
+
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+from mipo.training import checkpoint as checkpoints
+from mipo.training.evaluate import evaluate_step
+from mipo.training.loaders import make_loader
+from mipo.training.step import micro_step, optimizer_step
+
+
+def fit(run: Any, bar: Any) -> None:
+    """Train ``run`` until ``run.progress.stop`` optimiser steps."""
+    progress, config = run.progress, run.config
+    while progress.step < progress.stop:
+        loader = epoch_loader(run)
+        total = len(loader)
+        if progress.consumed:
+            loader = run.accelerator.skip_first_batches(loader, progress.consumed)
+        for group in accumulation_groups(loader, config.gradient_accumulation_steps):
+            for index, batch in enumerate(group):
+                progress.consumed += 1
+                batch = batch.to(run.device)
+                if index == 0:
+                    for service in run.services:
+                        service.before_step(progress.step, batch, run.models)
+                micro_step(run, batch, sync=index == len(group) - 1)
+            grad_norm, learning_rate = optimizer_step(run)
+            for service in run.services:
+                service.after_step(progress.step, run.models)
+            bar.update(1)
+            after_step(run, bar, grad_norm, learning_rate)
+            if progress.step >= progress.stop:
+                break
+        if progress.consumed == total:
+            progress.epoch += 1
+            progress.consumed = 0
+
+
+def epoch_loader(run: Any) -> Any:
+    """The training pairs of the current epoch, in its seeded order."""
+    loader = make_loader(
+        run.data.train,
+        batch_size=run.config.batch_size,
+        pad_token_id=run.models.pad_token_id,
+        shuffle_seed=run.config.seed + run.progress.epoch,
+    )
+    return run.accelerator.prepare_data_loader(loader, device_placement=False)
+
+
+def accumulation_groups(loader: Any, size: int) -> Iterator[list[Any]]:
+    """Consecutive micro-batches of ``size`` (the last group of an epoch may be
+    shorter: an epoch always ends with an optimiser step)."""
+    batches = iter(loader)
+    while group := list(islice(batches, size)):
+        yield group
+
+
+def after_step(run: Any, bar: Any, grad_norm: Any, learning_rate: float) -> None:
+    """Log, evaluate and checkpoint on their schedules."""
+    progress, config = run.progress, run.config
+    step = progress.step
+    if step % config.logging_steps == 0 or step == progress.stop:
+        record = run.metrics.record(
+            run.accelerator,
+            step=step,
+            epoch=step / progress.steps_per_epoch,
+            learning_rate=learning_rate,
+            grad_norm=grad_norm,
+        )
+        for service in run.services:
+            record.update(service.metrics())
+        run.last_record = record
+        if run.log is not None:
+            run.log.log(record)
+        accuracy = record.get("rewards/accuracies", float("nan"))
+        bar.set_postfix(
+            {"loss": f"{record['loss']:.4f}", "rewards/accuracies": f"{accuracy:.2f}"}
+        )
+    if config.eval_steps and step % config.eval_steps == 0 and step < progress.stop:
+        evaluation = evaluate_step(run, step)
+        if run.log is not None and len(evaluation) > 1:
+            run.log.log(evaluation)
+        run.metrics.restart_clock()  # step times leave evaluation out
+    if config.save_steps and step % config.save_steps == 0:
+        checkpoints.save(run)
+
+
+__all__ = ["accumulation_groups", "after_step", "epoch_loader", "fit"]

@@ -1,0 +1,218 @@
+"""The precomputed reference: token log-probs of the initial policy, computed
+once per data set and model, cached on disk, and read back instead of a
+reference forward (``TrainConfig.reference="precomputed"``).
+
+A run declares it through its settings rather than through a primitive
+(:func:`mipo.training.setup.config_services`); the objective may then read only
+reference token log-probs (the table of needs marks what a cache can serve).
+The cache lives in ``{output_dir}/.reference_cache/{key}.pt``, ``key`` a hash of
+the model files, the lengths and every encoded token id; only the main process
+writes it.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import final
+
+import torch
+from torch import Tensor
+
+from mipo.needs import Need
+from mipo.services import AbstractServiceSpec
+from mipo.training.config import TrainConfig
+from mipo.training.loaders import IndexedBatch, RunData, make_loader
+from mipo.training.logps import IGNORE_INDEX, final_hidden_states, token_stats
+from mipo.training.services.base import Forward, Models, Service, ServiceSetup
+
+Cache = dict[int, tuple[Tensor, Tensor]]
+"""Global pair index -> (chosen, rejected) response-token log-probs, in order."""
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReferenceCache(AbstractServiceSpec):
+    """Reference token log-probs read from the run's cache."""
+
+    @property
+    def provides(self) -> frozenset[Need]:
+        return frozenset({Need.REFERENCE_LOGPS})
+
+
+def cache_key(config: TrainConfig, model_path: str, data: RunData) -> str:
+    """Hash of the model files, the lengths and every encoded token id."""
+    digest = hashlib.sha256()
+    model_dir = Path(model_path)
+    if model_dir.is_dir():
+        for path in sorted(model_dir.glob("*.safetensors")) + sorted(
+            model_dir.glob("*.bin")
+        ):
+            stat = path.stat()
+            digest.update(
+                f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            )
+    else:
+        digest.update(model_path.encode())
+    digest.update(f"{config.max_length}:{config.max_prompt_length}".encode())
+    for pair in data.train + data.eval:
+        digest.update(
+            json.dumps([pair.prompt_ids, pair.chosen_ids, pair.rejected_ids]).encode()
+        )
+    return digest.hexdigest()[:20]
+
+
+def compute_reference_logps(
+    model: torch.nn.Module,
+    data: RunData,
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    chunk_size: int | None,
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """One pass of the initial policy (= the reference) over every pair: global
+    index -> (chosen, rejected) log-probs of the completion tokens, in order."""
+    was_training = model.training
+    model.eval()
+    out: dict[int, tuple[Tensor, Tensor]] = {}
+    loaders = (
+        make_loader(data.train, batch_size=batch_size, pad_token_id=pad_token_id),
+        make_loader(
+            data.eval,
+            batch_size=batch_size,
+            pad_token_id=pad_token_id,
+            offset=len(data.train),
+        ),
+    )
+    head = model.get_output_embeddings()
+    try:
+        with torch.no_grad():
+            for loader in loaders:
+                for batch in loader:
+                    tensors = batch.tensors.to(device)
+                    per_side = []
+                    for side in (tensors.chosen, tensors.rejected):
+                        hidden = final_hidden_states(
+                            model, side.input_ids, side.attention_mask
+                        )
+                        stats = token_stats(
+                            hidden, head, side.labels, chunk_size=chunk_size
+                        )
+                        per_side.append(
+                            [
+                                row[mask].cpu()
+                                for row, mask in zip(
+                                    stats.policy_logps,
+                                    stats.response_mask,
+                                    strict=True,
+                                )
+                            ]
+                        )
+                    for row, index in enumerate(batch.indices.tolist()):
+                        out[index] = (per_side[0][row], per_side[1][row])
+    finally:
+        model.train(was_training)
+    return out
+
+
+def lookup_reference(
+    cache: dict[int, tuple[Tensor, Tensor]], batch: IndexedBatch
+) -> tuple[Tensor, Tensor]:
+    """Cached reference log-probs of a batch on the shifted axis, zeros outside
+    the response."""
+    result = []
+    for side_index, side in enumerate((batch.tensors.chosen, batch.tensors.rejected)):
+        mask = side.labels[:, 1:] != IGNORE_INDEX
+        rows = [cache[i][side_index] for i in batch.indices.tolist()]
+        values = torch.cat(rows).to(mask.device)
+        if values.numel() != int(mask.sum()):
+            raise ValueError(
+                "precomputed reference log-probs do not match the batch's response "
+                "tokens; delete the reference cache and rerun"
+            )
+        result.append(
+            torch.zeros(
+                mask.shape, dtype=values.dtype, device=mask.device
+            ).masked_scatter(mask, values)
+        )
+    return result[0], result[1]
+
+
+def cache_path(config: TrainConfig, model_path: str, data: RunData) -> Path:
+    """Where the cache of this run's model and data lives."""
+    key = cache_key(config, model_path, data)
+    return Path(config.output_dir) / ".reference_cache" / f"{key}.pt"
+
+
+class ReferenceCacheService(Service, spec=ReferenceCache):
+    """Loads (or, when training, computes and writes) the cache, then fills
+    ``reference_logps`` of the chosen and rejected rows of every batch."""
+
+    description = "reference cache"
+
+    def __init__(self, spec: ReferenceCache, setup: ServiceSetup | None) -> None:
+        super().__init__(spec, setup)
+        self.cache: Cache = {} if setup is None else _load_or_compute(setup)
+
+    @classmethod
+    def from_cache(cls, cache: Cache) -> "ReferenceCacheService":
+        """A service reading an in-memory ``cache`` (tests, tools)."""
+        service = cls(ReferenceCache(), None)
+        service.cache = cache
+        return service
+
+    def after_forward(
+        self,
+        forward: Forward,
+        batch: IndexedBatch,
+        models: Models,  # noqa: ARG002
+    ) -> dict[Need, Tensor]:
+        if batch.indices is None:
+            raise ValueError("the reference cache needs the pairs' global indices")
+        chosen, rejected = lookup_reference(self.cache, batch)
+        length = forward.stacked.length
+        dtype = forward.stats.policy_logps.dtype
+        values = [_pad_to(v.to(dtype), length) for v in (chosen, rejected)]
+        return {Need.REFERENCE_LOGPS: torch.cat(values)}
+
+
+def _load_or_compute(setup: ServiceSetup) -> Cache:
+    path = cache_path(setup.config, setup.model_path, setup.data)
+    if not path.is_file():
+        if not setup.training:
+            raise FileNotFoundError(f"{path}: the run's reference cache is gone")
+        accelerator = setup.accelerator
+        if accelerator is None or accelerator.is_main_process:
+            cache = compute_reference_logps(
+                setup.models.policy,
+                setup.data,
+                batch_size=setup.config.batch_size,
+                pad_token_id=setup.models.pad_token_id,
+                device=setup.device,
+                chunk_size=setup.config.logps_chunk_size or None,
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(cache, tmp)
+            tmp.replace(path)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _pad_to(values: Tensor, length: int) -> Tensor:
+    extra = length - values.shape[1]
+    if extra <= 0:
+        return values[:, :length]
+    return torch.cat([values, values.new_zeros(values.shape[0], extra)], dim=1)
+
+
+__all__ = [
+    "ReferenceCache",
+    "ReferenceCacheService",
+    "cache_key",
+    "cache_path",
+    "compute_reference_logps",
+    "lookup_reference",
+]

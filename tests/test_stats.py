@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mipo.training.stats import bootstrap_mean, interval_fields
+from mipo.training.stats import bootstrap_mean, interval_fields, wilson_interval
 
 
 def test_bootstrap_interval_matches_the_exact_resampling_distribution() -> None:
@@ -66,3 +66,15 @@ def test_interval_fields_name_the_ends() -> None:
         "eval/gold_gain_low": 2.0,
         "eval/gold_gain_high": 2.0,
     }
+
+
+def test_wilson_interval_by_hand() -> None:
+    # 10 of 10: centre (1 + z^2/20) / (1 + z^2/10) = 0.8613, half-width
+    # z sqrt(z^2/400) / (1 + z^2/10) = 0.1388 with z = 1.95996: low 0.7225.
+    interval = wilson_interval(10, 10)
+    assert interval.mean == 1.0 and interval.high == 1.0
+    assert abs(interval.low - 0.7225) < 1e-4
+    # 5 of 10: symmetric about 1/2, half-width z sqrt(1/40 + z^2/400)/(1 + z^2/10)
+    half = wilson_interval(5, 10)
+    assert abs((half.low + half.high) / 2 - 0.5) < 1e-12
+    assert abs(half.high - 0.5 - 0.2634) < 1e-4

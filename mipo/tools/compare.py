@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mipo.training.recipes import Recipe, load_recipe, recipe_from
-from mipo.training.stats import bootstrap_mean
+from mipo.training.stats import bootstrap_mean, wilson_interval
 
 COMPARE_FILE = "compare.json"
 REPORT_FILE = "compare.md"
@@ -144,7 +144,12 @@ def _method_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     last_eval = (
         str(max(int(s) for s in runs[0]["correct"])) if runs[0]["correct"] else None
     )
-    accuracy = _pooled([r["correct"][last_eval] for r in runs]) if last_eval else None
+    accuracy = None
+    if last_eval:
+        flags = [v for r in runs for v in r["correct"][last_eval]]
+        interval = wilson_interval(sum(flags), len(flags))
+        accuracy = {"mean": interval.mean, "low": interval.low, "high": interval.high,
+                    "n": interval.n}  # fmt: skip
 
     def mean_of(key: str) -> dict[str, float] | None:
         return _spread([f[key] for f in finals if f.get(key) is not None])

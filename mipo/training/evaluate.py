@@ -28,7 +28,7 @@ from mipo.needs import Need
 from mipo.objective import Objective
 from mipo.training.batching import BatchBuilder
 from mipo.training.services.base import Models, Service, evaluating
-from mipo.training.stats import bootstrap_mean, interval_fields
+from mipo.training.stats import bootstrap_mean, interval_fields, wilson_interval
 
 
 def evaluation_services(
@@ -98,7 +98,9 @@ def evaluate_pairs(
         correct += flags
     result = {
         "eval/pairs": totals["pairs"],
-        **interval_fields("eval/rewards/accuracies", bootstrap_mean(flags or [0.0])),
+        **interval_fields(
+            "eval/rewards/accuracies", wilson_interval(sum(flags), max(len(flags), 1))
+        ),
         "eval/rewards/margins": totals["margin"] / pairs,
         "eval/loss": totals["loss"] / pairs,
     }

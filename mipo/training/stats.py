@@ -78,6 +78,32 @@ def bootstrap_mean(
     )
 
 
+def wilson_interval(successes: float | int, n: int, *, level: float = 0.95) -> Interval:
+    r"""A proportion with its Wilson score interval (Wilson 1927): with
+    $\hat p = k/n$ and $z$ the normal quantile of the level,
+    $\big(\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}\big)/(1 + z^2/n)$.
+    Unlike the bootstrap it does not collapse to a point at 0/n or n/n.
+
+    >>> str(wilson_interval(10, 10))
+    '+1.000 [95% CI +0.722, +1.000]'
+
+    Raises:
+        ValueError: on n < 1 or successes outside [0, n].
+    """
+    from statistics import NormalDist
+
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(
+            f"wilson_interval: needs 0 <= successes <= n, n >= 1; got {successes}, {n}"
+        )
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return Interval(mean=p, low=max(0.0, centre - half), high=min(1.0, centre + half),
+                    level=level, n=n)  # fmt: skip
+
+
 def interval_fields(name: str, interval: Interval) -> dict[str, float]:
     """``{name: mean, name_low: low, name_high: high}`` for a metrics record."""
     return {
@@ -87,4 +113,4 @@ def interval_fields(name: str, interval: Interval) -> dict[str, float]:
     }
 
 
-__all__ = ["Interval", "bootstrap_mean", "interval_fields"]
+__all__ = ["Interval", "bootstrap_mean", "interval_fields", "wilson_interval"]

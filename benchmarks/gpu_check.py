@@ -131,10 +131,10 @@ def run_recipes(args: argparse.Namespace) -> None:
     """Every recipe ``--steps`` steps; one JSON row per recipe, written as it goes."""
     from accelerate.state import AcceleratorState, GradientState
 
-    import mipo.train
-    from mipo.recipes import discover
+    from mipo.training import trainer
+    from mipo.training.recipes import discover
 
-    mipo.train.write_plots = lambda _run_dir: None  # PNGs are not what is checked
+    trainer.write_plots = lambda _run_dir: None  # PNGs are not what is checked
     work = Path(args.work)
     data = _pairs_file(args.model, work / "pairs.jsonl", 4 * args.batch_size)
     cap = _part_cap(25.0)
@@ -167,7 +167,7 @@ def run_recipes(args: argparse.Namespace) -> None:
         }
         start = time.perf_counter()
         try:
-            result = mipo.train.train(name, overrides, progress=False)
+            result = trainer.train(name, overrides, progress=False)
             lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
             records = [r for r in map(json.loads, lines) if "loss" in r]
             losses = [float(r["loss"]) for r in records]

@@ -18,8 +18,8 @@ The table also prints the size of the gradient of the policy hidden states
 loss needs; it is part of the peak only when the peak falls in the backward
 pass (for the chunked path the peak is in the forward pass: a few
 ``[chunk, vocab]`` float32 buffers).
-``--against REV`` also measures the chunked path of ``mipo/logps.py`` at git
-revision ``REV`` (loaded from ``git show``), side by side in the same process.
+``--against REV`` also measures the chunked path of ``mipo/training/logps.py``
+(``mipo/logps.py`` before the trainer's move) at git revision ``REV`` (loaded from ``git show``), side by side in the same process.
 On a CUDA device (``--device cuda``) the peak is ``torch.cuda.max_memory_allocated``.
 
 Usage::
@@ -88,15 +88,20 @@ def peak_bytes(fn: Callable[[], None], device: str) -> tuple[int, float]:
 
 
 def logps_at(revision: str) -> Callable[..., Any]:
-    """``token_stats`` of ``mipo/logps.py`` at a git revision."""
+    """``token_stats`` of the log-prob module at a git revision."""
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{revision}:mipo/logps.py"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    for candidate in ("mipo/training/logps.py", "mipo/logps.py"):
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{candidate}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"--against {revision}: no mipo/training/logps.py there")
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / f"logps_{revision}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"logps_{revision}", path)

@@ -22,6 +22,7 @@ def test_a_preset_sets_its_keys_and_the_command_line_wins() -> None:
     overrides = with_preset(recipe, command.preset, command.overrides)
     config, kwargs, _ = resolve(recipe, overrides)
     assert config.optimizer == "rmsprop" and config.warmup_steps == 150
+    assert kwargs["nll"] == 0.0 and kwargs["anchor_tokens"] == 64
     assert config.max_steps == 3
     assert kwargs["beta"] == 0.2 and kwargs["span"] == "sequence"
 

@@ -367,12 +367,14 @@ def test_recipe_defaults_are_the_paper_values() -> None:
         "prior_sigma_div": 4.0,
         "span": "response",
         "alpha_triplet": 0.1,
-        "anchor_tokens": 64,
+        "anchor_tokens": 32,  # the CPU main job's (--preset paper: 64)
+        "nll": 1.0,  # the CPU main job's (--preset paper: 0)
     }
-    (term,) = TI_DPO.objective.terms
+    term, sft = TI_DPO.objective.terms
     assert (term.name, term.weight, term.term.margin) == ("triplet", 0.1, 0.1)
+    assert (sft.name, sft.weight) == ("sft", 1.0)
     sampling = term.term.sampling
-    assert (sampling.max_new_tokens, sampling.top_k) == (64, 50)
+    assert (sampling.max_new_tokens, sampling.top_k) == (32, 50)
     assert (sampling.top_p, sampling.temperature) == (0.95, 0.8)
 
 
@@ -387,7 +389,7 @@ def test_without_kl_and_triplet_ti_dpo_is_weighted_dpo(
 ) -> None:
     """alpha_tdpo = 0, gamma = 0: -log sigmoid(beta [sum w l(y_w) - sum w l(y_l)])."""
     objective = TI_DPO.make_objective(
-        beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=lam, span=span
+        nll=0.0, beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=lam, span=span
     )
     weights = tuple(
         batch_weights_oracle(getattr(batch, role), lam, 4.0, span)
@@ -410,7 +412,9 @@ def test_with_unit_weights_ti_dpo_without_kl_and_triplet_is_dpo(
         for role in ("chosen", "rejected")
     }
     batch = PairBatch(**uniform)
-    objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=1.0)
+    objective = TI_DPO.make_objective(
+        nll=0.0, beta=beta, alpha_tdpo=0.0, gamma=0.0, lam=1.0
+    )
     masks = (batch.chosen.response_mask, batch.rejected.response_mask)
     ones = tuple(m.to(F64) * (m.sum(-1, keepdim=True) > 1) for m in masks)
     expected = weighted_tdpo2_oracle(batch, ones, beta, alpha=0.0)
@@ -428,7 +432,7 @@ def test_without_triplet_ti_dpo_is_weighted_tdpo2(
 ) -> None:
     """gamma = 0: the released base, TDPO2 with attribution weights on the
     log-ratios and an unweighted forward KL (docs/recipe_notes/ti_dpo.md)."""
-    objective = TI_DPO.make_objective(beta=beta, alpha_tdpo=alpha, gamma=0.0)
+    objective = TI_DPO.make_objective(nll=0.0, beta=beta, alpha_tdpo=alpha, gamma=0.0)
     weights = tuple(
         batch_weights_oracle(getattr(batch, role), 0.7, 4.0, "response")
         for role in ("chosen", "rejected")
@@ -439,7 +443,7 @@ def test_without_triplet_ti_dpo_is_weighted_tdpo2(
 
 def test_tdpo2_stop_gradient_is_on_the_chosen_kl_only() -> None:
     batch = random_batch(BATCH_NEEDS, seed=6, requires_grad=True)
-    TI_DPO.make_objective(gamma=0.0)(batch).loss.backward()
+    TI_DPO.make_objective(nll=0.0, gamma=0.0)(batch).loss.backward()
     assert batch.chosen.kl_forward is not None and batch.rejected.kl_forward is not None
     assert batch.chosen.kl_forward.grad is None
     rejected_grad = batch.rejected.kl_forward.grad
@@ -458,7 +462,7 @@ def test_weights_receive_no_gradient_through_the_objective() -> None:
         for role in ("chosen", "rejected")
     }
     batch = PairBatch(**live)
-    TI_DPO.make_objective(gamma=0.0)(batch).loss.backward()
+    TI_DPO.make_objective(nll=0.0, gamma=0.0)(batch).loss.backward()
     for role in ("chosen", "rejected"):
         assert getattr(batch, role).attribution_scores.grad is None
 
@@ -466,8 +470,8 @@ def test_weights_receive_no_gradient_through_the_objective() -> None:
 def test_full_ti_dpo_adds_gamma_times_the_triplet_per_pair() -> None:
     """loss = mean(base + gamma T): compare with gamma = 0 plus the term's own mean."""
     batch = random_batch(frozenset(BATCH_NEEDS) | {Need.ANCHOR}, seed=8)
-    full = TI_DPO.make_objective(gamma=0.3)(batch)
-    base = TI_DPO.make_objective(gamma=0.0)(batch)
+    full = TI_DPO.make_objective(nll=0.0, gamma=0.3)(batch)
+    base = TI_DPO.make_objective(nll=0.0, gamma=0.0)(batch)
     triplet = full.metrics["terms/triplet"]
     assert_close(full.loss, base.loss + 0.3 * triplet)
     assert "terms/triplet" not in base.metrics

@@ -7,11 +7,14 @@
 ``float``, ``bool``, ``str``, ``Literal[...]``, ``... | None``); a value that does
 not fit, or a key that does not exist, raises one :class:`OverrideError` naming
 the key and what was expected. ``--config FILE.yaml`` holds the same dotted keys
-(``train.learning_rate: 1e-6``); keys given on the command line win.
+(``train.learning_rate: 1e-6``), or TRL's flat names (``learning_rate: 1e-6``,
+``beta: 0.1``, ``per_device_train_batch_size: 8``) where one group has the
+name; keys given on the command line win. An unknown key suggests the closest.
 """
 
 import contextlib
 import dataclasses
+import difflib
 import inspect
 import json
 import types
@@ -270,24 +273,58 @@ def describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+TRL_NAMES = {
+    "per_device_train_batch_size": "batch_size",
+    "num_train_epochs": "epochs",
+    "lr_scheduler_type": "lr_schedule",
+    "model_name_or_path": "model",
+}
+"""TRL / transformers argument names and the TrainConfig field each one sets."""
+
+
+def qualify(key: str, known: dict[str, dict[str, Any]]) -> str:
+    """A flat TRL-style key (``learning_rate``, ``beta``) as its dotted key when
+    exactly one group has it; a dotted key as is."""
+    if "." in key:
+        return key
+    name = TRL_NAMES.get(key, key)
+    groups = [group for group in GROUPS if name in known[group]]
+    if len(groups) > 1:
+        raise OverrideError(
+            f"{key}: ambiguous, both train.{name} and objective.{name} exist; "
+            f"write the dotted key"
+        )
+    return f"{groups[0]}.{name}" if groups else key
+
+
+def unknown_key(key: str, recipe: Recipe, known: dict[str, dict[str, Any]]) -> str:
+    """The one-line error for an unknown key: the closest valid keys, else all."""
+    valid = [f"{group}.{name}" for group in GROUPS for name in known[group]]
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    close = close or difflib.get_close_matches(
+        key.rpartition(".")[2], [v.partition(".")[2] for v in valid], n=3, cutoff=0.7
+    )
+    suggestions = [v for v in valid if v in close or v.partition(".")[2] in close]
+    hint = ""
+    if suggestions:
+        hint = "did you mean " + " or ".join(f"--{v}" for v in suggestions[:3]) + "? "
+    listing = "valid keys: " + ", ".join(f"--{v}" for v in valid)
+    return f"--{key}: unknown key for recipe {recipe.name!r}; {hint}{listing}"
+
+
 def split_overrides(
     recipe: Recipe, overrides: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Typed ``(train_changes, objective_kwargs)`` from dotted keys; unknown keys
-    fail listing every valid key."""
+    """Typed ``(train_changes, objective_kwargs)`` from dotted (or flat TRL-style)
+    keys; an unknown key fails with the closest valid keys."""
     known = {"train": train_fields(), "objective": objective_fields(recipe)}
     train_changes: dict[str, Any] = {}
     objective_kwargs: dict[str, Any] = {}
-    for key, value in overrides.items():
+    for raw_key, value in overrides.items():
+        key = qualify(raw_key, known)
         group, _, name = key.partition(".")
         if group not in known or name not in known[group]:
-            valid = [f"--train.{n}" for n in known["train"]] + [
-                f"--objective.{n}" for n in known["objective"]
-            ]
-            raise OverrideError(
-                f"--{key}: unknown key for recipe {recipe.name!r}; valid keys: "
-                + ", ".join(valid)
-            )
+            raise OverrideError(unknown_key(raw_key, recipe, known))
         annotation, _ = known[group][name]
         typed = convert(value, annotation, key)
         (train_changes if group == "train" else objective_kwargs)[name] = typed

@@ -70,6 +70,19 @@ class TrainConfig:
         ref_model_mixup_alpha: the policy's share a in each update,
             reference <- a * policy + (1 - a) * reference.
         ref_model_sync_steps: optimiser steps between updates.
+        report_to: trackers for the logged scalars besides ``metrics.jsonl``,
+            comma-separated: ``tensorboard``, ``wandb``, ``mlflow``, ``trackio``
+            or ``none`` (TRL's tags: ``train/loss``, ``eval/rewards/accuracies``).
+        gradient_checkpointing: recompute the policy's activations in the
+            backward pass (less memory, more compute); the reference is untouched.
+        lora_alpha: LoRA scale numerator (0: twice the rank).
+        lora_dropout: dropout on the LoRA adapters' input.
+        lora_target_modules: comma-separated module names the adapters wrap, or
+            ``all-linear``.
+        eval_dataset: a separate held-out data set, loaded like ``dataset`` (empty:
+            hold out ``eval_fraction`` of ``dataset``).
+        column_map: rename columns of the data files, ``FIELD=COLUMN,...`` (e.g.
+            ``chosen=better,rejected=worse``).
     """
 
     model: str = "smollm2"
@@ -106,6 +119,13 @@ class TrainConfig:
     sync_ref_model: bool = False
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512
+    report_to: str = "tensorboard"
+    gradient_checkpointing: bool = False
+    lora_alpha: float = 0.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    eval_dataset: str = ""
+    column_map: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -160,6 +180,14 @@ class TrainConfig:
                 f"TrainConfig.ref_model_sync_steps: must be >= 1, got "
                 f"{self.ref_model_sync_steps}"
             )
+        if self.lora_alpha < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(
+                f"TrainConfig.lora_alpha / lora_dropout: need alpha >= 0 and dropout "
+                f"in [0, 1), got {self.lora_alpha} / {self.lora_dropout}"
+            )
+        from mipo.training.reporting import parse_report_to
+
+        parse_report_to(self.report_to)
         if self.reference == "adapter_off" and self.lora_rank == 0:
             raise ValueError("TrainConfig.reference='adapter_off' needs lora_rank > 0")
 

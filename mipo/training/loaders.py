@@ -48,17 +48,19 @@ class IndexedBatch:
 
 
 def load_run_data(config: TrainConfig, tokenizer: Any) -> RunData:
-    """Load ``config.dataset``, split it (seeded) and encode both parts."""
-    from mipo.data.load import load_records
+    """Load ``config.dataset`` (columns renamed by ``config.column_map``), split
+    it (seeded) or take the held-out pairs from ``config.eval_dataset``, and
+    encode both parts."""
+    from mipo.data.columns import parse_column_map
     from mipo.data.split import train_eval_split
     from mipo.data.tokenize import encode_record
 
-    records = load_records(
-        config.dataset, max_examples=config.max_examples, seed=config.seed
-    )
-    if config.swap_pairs:
-        records = [swap_record(record) for record in records]
-    if config.eval_fraction > 0:
+    column_map = parse_column_map(config.column_map)
+    records = _records(config, config.dataset, column_map, config.max_examples)
+    if config.eval_dataset:
+        train_records = records
+        eval_records = _records(config, config.eval_dataset, column_map, 0)
+    elif config.eval_fraction > 0:
         train_records, eval_records = train_eval_split(
             records, config.eval_fraction, config.seed
         )
@@ -85,6 +87,23 @@ def load_run_data(config: TrainConfig, tokenizer: Any) -> RunData:
         eval=[encode(r) for r in eval_records],
         eval_records=eval_records,
     )
+
+
+def _records(
+    config: TrainConfig, source: str, column_map: dict[str, str], max_examples: int
+) -> list[Any]:
+    """The pairs of ``source``, swapped when ``config.swap_pairs``."""
+    from mipo.data.load import load_records
+
+    records = load_records(
+        source,
+        column_map=column_map or None,
+        max_examples=max_examples,
+        seed=config.seed,
+    )
+    if config.swap_pairs:
+        records = [swap_record(record) for record in records]
+    return records
 
 
 def swap_record(record: Any) -> Any:

@@ -108,18 +108,48 @@ def load_causal_lm(path: str) -> nn.Module:
     return model
 
 
-def add_lora(model: nn.Module, rank: int) -> nn.Module:
-    """Wrap ``model`` with LoRA adapters of ``rank`` on every linear layer."""
+def add_lora(
+    model: nn.Module,
+    rank: int,
+    *,
+    alpha: float = 0.0,
+    dropout: float = 0.0,
+    target_modules: str = "all-linear",
+) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters of ``rank`` (scale ``alpha / rank``;
+    ``alpha`` 0 means ``2 * rank``) on ``target_modules`` (comma-separated names,
+    or ``all-linear``), with ``dropout`` on the adapters' input."""
     from peft import LoraConfig, get_peft_model
 
+    names = [name.strip() for name in target_modules.split(",") if name.strip()]
     config = LoraConfig(
         r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.0,
-        target_modules="all-linear",
+        lora_alpha=alpha or 2 * rank,
+        lora_dropout=dropout,
+        target_modules="all-linear" if names == ["all-linear"] else names,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise ValueError(
+            f"TrainConfig.lora_target_modules={target_modules!r}: {error}"
+        ) from None
+
+
+def enable_gradient_checkpointing(policy: nn.Module) -> None:
+    """Recompute the policy's activations in the backward pass (non-reentrant,
+    so frozen embeddings under LoRA still pass gradients to the adapters)."""
+    if not getattr(policy, "supports_gradient_checkpointing", True):
+        raise ValueError(
+            f"TrainConfig.gradient_checkpointing: {type(policy).__name__} does not "
+            f"support it"
+        )
+    policy.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    if hasattr(policy, "config"):
+        policy.config.use_cache = False
 
 
 class AbstractReference(abc.ABC):
@@ -228,7 +258,13 @@ def load_models(
 
             policy = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
         else:
-            policy = add_lora(base, config.lora_rank)
+            policy = add_lora(
+                base,
+                config.lora_rank,
+                alpha=config.lora_alpha,
+                dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules,
+            )
         if wants_reference:
             if config.reference == "adapter_off":
                 reference = AdapterOffReference(policy)
@@ -239,6 +275,8 @@ def load_models(
         if wants_reference:
             reference = FrozenCopyReference(_freeze(copy.deepcopy(base)))
         policy = load_causal_lm(str(checkpoint)) if checkpoint is not None else base
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     policy.train()
     return policy, reference, tokenizer, path
 
@@ -255,7 +293,9 @@ __all__ = [
     "AdapterOffReference",
     "FrozenCopyReference",
     "check_reference_kind",
+    "add_lora",
     "disable_dropout",
+    "enable_gradient_checkpointing",
     "load_models",
     "reads_reference",
     "resolve_model_path",

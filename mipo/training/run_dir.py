@@ -17,7 +17,6 @@ Checkpoints are written to a temporary directory and renamed into place, so a
 """
 
 import json
-import math
 import os
 import re
 import shutil
@@ -51,25 +50,27 @@ def write_json(path: Path, data: Any) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl plus TensorBoard scalars; only the main process makes one."""
+    """metrics.jsonl plus the trackers of ``report_to`` (TensorBoard by default,
+    TRL's tags: :mod:`mipo.training.reporting`); only the main process makes one."""
 
-    def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path, report_to: str = "tensorboard") -> None:
+        from mipo.training.reporting import make_reporters
 
         self.path = run_dir / "metrics.jsonl"
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.reporters = make_reporters(run_dir, report_to)
 
     def log(self, record: Mapping[str, float | int]) -> None:
+        from mipo.training.reporting import scalars
+
         with self.path.open("a") as handle:
             handle.write(json.dumps(dict(record)) + "\n")
-        step = int(record["step"])
-        for key, value in record.items():
-            if key != "step" and isinstance(value, int | float):
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+        values = scalars(record)
+        for reporter in self.reporters:
+            reporter.log(values, int(record["step"]))
 
     def close(self) -> None:
-        self.writer.close()
+        for reporter in self.reporters:
+            reporter.close()
 
 
 SCORES_FILE = "eval_scores.json"
@@ -103,48 +104,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-PLOTS = {
-    "loss": ("loss",),
-    "rewards": ("rewards/chosen", "rewards/rejected"),
-    "accuracies": ("rewards/accuracies",),
-    "margins": ("rewards/margins",),
-}
+def write_plots(run_dir: Path, title: str = "") -> list[Path]:
+    """The run's plots (:func:`mipo.training.reporting.write_plots`)."""
+    from mipo.training.reporting import write_plots as write
 
-
-def write_plots(run_dir: Path) -> list[Path]:
-    """One PNG per group of :data:`PLOTS` from metrics.jsonl (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(run_dir)
-    out_dir = run_dir / "plots"
-    out_dir.mkdir(exist_ok=True)
-    written = []
-    for name, keys in PLOTS.items():
-        figure, axes = plt.subplots(figsize=(5, 3.2))
-        plotted = False
-        for key in keys:
-            points = [
-                (r["step"], r[key])
-                for r in records
-                if key in r and math.isfinite(r[key])
-            ]
-            if points:
-                steps, values = zip(*points, strict=True)
-                axes.plot(steps, values, marker="o", markersize=3, label=key)
-                plotted = True
-        axes.set_xlabel("step")
-        axes.set_title(name)
-        if len(keys) > 1 and plotted:
-            axes.legend()
-        figure.tight_layout()
-        path = out_dir / f"{name}.png"
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
-        written.append(path)
-    return written
+    return write(run_dir, title)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

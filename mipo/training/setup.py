@@ -285,7 +285,11 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
         run_dir=run_dir,
         progress=Progress(total_steps=steps[0], stop=stop, steps_per_epoch=steps[1]),
         metrics=MetricsAccumulator(accelerator.device),
-        log=MetricsLog(run_dir) if accelerator.is_main_process else None,
+        log=(
+            MetricsLog(run_dir, config.report_to)
+            if accelerator.is_main_process
+            else None
+        ),
         eval_loader=_eval_loader(config, data, models.pad_token_id),
         reference_calls_before=getattr(models.reference, "calls", 0),
         resumed=checkpoint is not None,

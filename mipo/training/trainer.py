@@ -137,6 +137,9 @@ def _close(run: Run) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     args = sys.argv[1:] if argv is None else argv
+    from mipo.training.launch import refuse_bad_launch
+
+    refuse_bad_launch(args)
     try:
         command = parse_command_line(args)
         if command.show_help:

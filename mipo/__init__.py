@@ -10,5 +10,6 @@ from mipo.objective import LossOutput as LossOutput
 from mipo.objective import Objective as Objective
 from mipo.objective import Term as Term
 from mipo.training.config import TrainConfig as TrainConfig
+from mipo.training.pair_batch import pair_batch as pair_batch
 
 __version__ = "0.1.0"

@@ -18,6 +18,12 @@ class NonFiniteLossError(FloatingPointError):
     """The loss (or one of its parts) is NaN or infinite. The message says which."""
 
 
+class TrainingStopped(RuntimeError):
+    """A training run stopped on its own, with one line saying why (too many
+    consecutive non-finite steps, non-finite weights refused by a checkpoint,
+    a run directory another process is writing)."""
+
+
 _LOCATION = re.compile(r"(?P<file>.+?):(?P<line>\d+)(?::(?P<column>\d+))?")
 
 
@@ -242,5 +248,6 @@ __all__ = [
     "DataError",
     "DataWarning",
     "NonFiniteLossError",
+    "TrainingStopped",
     "split_location",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mipo.errors import TrainingStopped
 from mipo.training.run_dir import save_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
@@ -59,6 +60,7 @@ def save(run: Any) -> Path:
         key.removeprefix("model."): value
         for key, value in accelerator.get_state_dict(run.models.body).items()
     }
+    check_finite_weights(weights, progress.step)
     directory = run.run_dir / f"checkpoint-{progress.step}"
     if accelerator.is_main_process:
         directory = save_checkpoint(
@@ -76,6 +78,21 @@ def save(run: Any) -> Path:
     return directory
 
 
+def check_finite_weights(weights: dict[str, torch.Tensor], step: int) -> None:
+    """Refuse to write a checkpoint whose weights hold a NaN or an infinity.
+
+    Raises:
+        TrainingStopped: naming the first such tensor.
+    """
+    for key, value in weights.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TrainingStopped(
+                f"checkpoint-{step} not written: parameter '{key}' holds non-finite "
+                "values; the last good checkpoint is kept (lower the learning rate "
+                "or check the data)"
+            )
+
+
 def restore(run: Any, checkpoint: Path) -> None:
     """Load the trainer state of ``checkpoint`` into ``run`` (the policy and the
     services were restored when they were built)."""
@@ -91,4 +108,11 @@ def restore(run: Any, checkpoint: Path) -> None:
     set_rng_state(state["rng"][index])
 
 
-__all__ = ["TRAINER_STATE", "restore", "rng_state", "save", "set_rng_state"]
+__all__ = [
+    "TRAINER_STATE",
+    "check_finite_weights",
+    "restore",
+    "rng_state",
+    "save",
+    "set_rng_state",
+]

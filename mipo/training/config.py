@@ -37,6 +37,9 @@ class TrainConfig:
         batch_size: pairs per micro-batch per process.
         gradient_accumulation_steps: micro-batches per optimiser step.
         max_grad_norm: gradient clipping norm (0: no clipping).
+        max_bad_steps: stop the run after this many consecutive optimiser steps
+            skipped for a non-finite loss or gradient norm (a skipped step
+            leaves the weights and the optimiser moments unchanged).
         max_length: longest prompt + response in tokens.
         max_prompt_length: longest prompt in tokens after truncation.
         precision: ``"fp32"`` or ``"bf16"`` (mixed precision through accelerate).
@@ -100,6 +103,7 @@ class TrainConfig:
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 10.0
+    max_bad_steps: int = 3
     max_length: int = 128
     max_prompt_length: int = 96
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -133,6 +137,7 @@ class TrainConfig:
             "epochs",
             "batch_size",
             "gradient_accumulation_steps",
+            "max_bad_steps",
         )
         for name in positive:
             value = getattr(self, name)

@@ -12,7 +12,7 @@ from typing import Any
 from mipo.training import checkpoint as checkpoints
 from mipo.training.evaluate import evaluate_step
 from mipo.training.loaders import make_loader
-from mipo.training.step import micro_step, optimizer_step
+from mipo.training.step import micro_step, optimizer_step, settle_step
 
 
 def fit(run: Any, bar: Any) -> None:
@@ -35,7 +35,8 @@ def fit(run: Any, bar: Any) -> None:
             for service in run.services:
                 service.after_step(progress.step, run.models)
             bar.update(1)
-            after_step(run, bar, grad_norm, learning_rate)
+            skipped = settle_step(run) is not None
+            after_step(run, bar, grad_norm, learning_rate, skipped=skipped)
             if progress.step >= progress.stop:
                 break
         if progress.consumed == total:
@@ -62,11 +63,15 @@ def accumulation_groups(loader: Any, size: int) -> Iterator[list[Any]]:
         yield group
 
 
-def after_step(run: Any, bar: Any, grad_norm: Any, learning_rate: float) -> None:
-    """Log, evaluate and checkpoint on their schedules."""
+def after_step(
+    run: Any, bar: Any, grad_norm: Any, learning_rate: float, *, skipped: bool = False
+) -> None:
+    """Log, evaluate and checkpoint on their schedules (a skipped step was logged
+    by :func:`~mipo.training.step.settle_step`; its metrics are not)."""
     progress, config = run.progress, run.config
     step = progress.step
-    if step % config.logging_steps == 0 or step == progress.stop:
+    logging = step % config.logging_steps == 0 or step == progress.stop
+    if logging and not skipped:
         record = run.metrics.record(
             run.accelerator,
             step=step,
@@ -79,9 +84,10 @@ def after_step(run: Any, bar: Any, grad_norm: Any, learning_rate: float) -> None
         run.last_record = record
         if run.log is not None:
             run.log.log(record)
+        loss = record.get("loss", float("nan"))
         accuracy = record.get("rewards/accuracies", float("nan"))
         bar.set_postfix(
-            {"loss": f"{record['loss']:.4f}", "rewards/accuracies": f"{accuracy:.2f}"}
+            {"loss": f"{loss:.4f}", "rewards/accuracies": f"{accuracy:.2f}"}
         )
     if config.eval_steps and step % config.eval_steps == 0 and step < progress.stop:
         evaluation = evaluate_step(run, step)

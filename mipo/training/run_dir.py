@@ -17,6 +17,7 @@ Checkpoints are written to a temporary directory and renamed into place, so a
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -42,10 +43,24 @@ def new_run_dir(output_dir: str | Path, recipe_name: str) -> Path:
     return path
 
 
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None``, so the
+    files of a run are always valid JSON (a non-finite metric reads ``null``)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(value) for value in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON atomically (temp file, then rename)."""
+    """Write ``data`` as indented JSON atomically (temp file, then rename);
+    non-finite floats are written as ``null``."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(finite_json(data), indent=2, sort_keys=False, allow_nan=False)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 
@@ -158,6 +173,7 @@ def save_checkpoint(
 __all__ = [
     "MetricsLog",
     "checkpoints",
+    "finite_json",
     "latest_checkpoint",
     "new_run_dir",
     "read_metrics",

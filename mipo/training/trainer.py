@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
 
-from mipo.errors import NonFiniteLossError
+from mipo.errors import NonFiniteLossError, TrainingStopped
 from mipo.training import checkpoint as checkpoints
 from mipo.training.cli import OverrideError, help_text, parse_command_line, with_preset
 from mipo.training.evaluate import evaluate_run, evaluate_step
@@ -92,7 +92,7 @@ def train(
     )
     try:
         fit(run, bar)
-    except NonFiniteLossError:
+    except (NonFiniteLossError, TrainingStopped):
         bar.close()
         _close(run)
         raise

@@ -152,3 +152,16 @@ def test_non_finite_metrics_are_written_as_null() -> None:
     data = {"a": math.nan, "b": [1.0, -math.inf], "c": {"d": 2.5}, "e": "x"}
     assert finite_json(data) == {"a": None, "b": [1.0, None], "c": {"d": 2.5}, "e": "x"}
     json.dumps(finite_json(data), allow_nan=False)
+
+
+def test_run_dirs_are_made_atomically_and_metrics_truncate(tmp_path: Path) -> None:
+    from mipo.training.run_dir import new_run_dir, truncate_metrics
+
+    made = {new_run_dir(tmp_path, "dpo") for _ in range(3)}
+    assert len(made) == 3 and all(p.is_dir() for p in made)
+    run_dir = next(iter(made))
+    lines = [{"step": s, "loss": 1.0} for s in (1, 2, 3, 4)] + [{"step": 2}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert truncate_metrics(run_dir, 2) == 2
+    kept = _lines(run_dir)
+    assert [r["step"] for r in kept] == [1, 2, 2]

@@ -32,15 +32,34 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def new_run_dir(output_dir: str | Path, recipe_name: str) -> Path:
-    """A fresh ``{output_dir}/{recipe}-{timestamp}`` (suffixed if it exists)."""
+    """A fresh ``{output_dir}/{recipe}-{timestamp}``, made atomically (``mkdir``
+    without ``exist_ok``; on a clash, the next ``-N`` suffix), so two runs
+    started in the same second never share a directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(output_dir) / f"{recipe_name}-{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, suffix = base, 1
-    while path.exists():
-        path = base.with_name(f"{base.name}-{suffix}")
-        suffix += 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path = base.with_name(f"{base.name}-{suffix}")
+            suffix += 1
+
+
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop the ``metrics.jsonl`` lines after optimiser step ``step`` (a resumed
+    run rewrites them, so no step appears twice); returns how many were dropped."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line]
+    kept = [line for line in lines if int(json.loads(line)["step"]) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
 
 
 def finite_json(data: Any) -> Any:
@@ -177,6 +196,7 @@ __all__ = [
     "latest_checkpoint",
     "new_run_dir",
     "read_metrics",
+    "truncate_metrics",
     "save_checkpoint",
     "write_json",
     "write_plots",

@@ -41,6 +41,7 @@ from mipo.training.run_dir import (
     MetricsLog,
     latest_checkpoint,
     new_run_dir,
+    truncate_metrics,
     write_json,
 )
 from mipo.training.services import (
@@ -298,6 +299,8 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
     )
     if checkpoint is not None:
         checkpoints.restore(run, checkpoint)
+        if accelerator.is_main_process:
+            truncate_metrics(run_dir, run.progress.step)
     run.metrics.reset(run.progress.step)
     return run
 

@@ -14,6 +14,7 @@ Python API::
     result.run_dir, result.metrics, result.eval
 """
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +154,16 @@ def main(argv: list[str] | None = None) -> None:
                 raise OverrideError("--preset needs a recipe")
             overrides = with_preset(recipe, command.preset, overrides)
         train(command.recipe, overrides, resume=command.resume)
-    except (OverrideError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (OverrideError, FileNotFoundError, ImportError, ValueError) as error:
+        if os.environ.get("MIPO_DEBUG") == "1":
+            raise
+        print(f"mipo: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (TrainingStopped, NonFiniteLossError) as error:
+        if os.environ.get("MIPO_DEBUG") == "1":
+            raise
+        print(f"mipo: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ def resolve_model_path(name: str) -> str:
         from mipo.training.assets import smollm2_dir
 
         return str(smollm2_dir())
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(
+            f"--train.model={name}: no such directory (give a Hugging Face model "
+            f"directory, or 'smollm2')"
+        )
     if Path(name).expanduser().exists():
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():

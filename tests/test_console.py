@@ -57,9 +57,10 @@ def test_unknown_command_fails_in_one_line(capsys: pytest.CaptureFixture) -> Non
     assert capsys.readouterr().err.startswith("error: mipo: unknown command 'trian'")
 
 
-def test_module_runs_as_a_script() -> None:
+@pytest.mark.parametrize("module", ["mipo.tools.console", "mipo"])
+def test_module_runs_as_a_script(module: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mipo.tools.console", "eval", "--help"],
+        [sys.executable, "-m", module, "eval", "--help"],
         capture_output=True,
         text=True,
         check=True,

@@ -31,6 +31,7 @@ What is checked:
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,15 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
             "train.padding_free": True,
         },
     ),
+    "fsdp2-lora-copy-accumulation": (
+        "dpo",
+        {
+            **FSDP,
+            "train.lora_rank": 4,
+            "train.batch_size": 1,
+            "train.gradient_accumulation_steps": 2,
+        },
+    ),
     "fsdp2-eager-checkpointing-precomputed": (
         "dpo",
         {
@@ -101,14 +111,22 @@ SKIP_CALL = 2
 """Rank 1's objective call that returns a non-finite loss (skip scenarios)."""
 
 
-def overrides(model: Path, out: Path, batch: int, extra: dict[str, Any]) -> dict:
-    return {
+def overrides(
+    model: Path, out: Path, extra: dict[str, Any], *, one_process: bool = False
+) -> dict[str, Any]:
+    """A scenario's settings: per-process batch 2 (or the scenario's own) for
+    two processes, twice that for one process."""
+    batch = extra.get("train.batch_size", 2) * (2 if one_process else 1)
+    settings = {
         **BASE,
         "train.model": str(model),
         "train.output_dir": str(out),
-        "train.batch_size": batch,
         **extra,
+        "train.batch_size": batch,
     }
+    if one_process:
+        settings.pop("train.sharding", None)
+    return settings
 
 
 # -- the worker: runs under torchrun -----------------------------------------
@@ -213,7 +231,7 @@ def _shapes_and_memory(model: Path, out: Path) -> dict[str, Any]:
     from mipo.training.loop import fit
     from mipo.training.setup import setup_run
 
-    run = setup_run("dpo", overrides(model, out, 2, FSDP), stop_after=1)
+    run = setup_run("dpo", overrides(model, out, FSDP), stop_after=1)
     fit(run, tqdm(disable=True))
     reference = {
         name: [list(p.to_local().shape), list(p.shape)]
@@ -237,9 +255,9 @@ def worker(model: Path, out: Path) -> None:
     results: dict[str, Any] = {}
     for name, (recipe, extra) in {**SCENARIOS, **RANDOM_SCENARIOS}.items():
         skip_on = rank if name.endswith("-skip") else None
-        settings = overrides(model, out / name, 2, extra)
+        settings = overrides(model, out / name, extra)
         results[name] = _train(recipe, settings, skip_on=skip_on)
-    settings = overrides(model, out / "resumed", 2, FSDP)
+    settings = overrides(model, out / "resumed", FSDP)
     stopped = _train("dpo", settings, stop_after=2)
     results["fsdp2-resumed"] = _train(None, {}, resume=stopped["run_dir"])
     results["shapes"] = _shapes_and_memory(model, out / "shapes")
@@ -303,11 +321,11 @@ def _one_process(model: Path, out: Path) -> dict[str, Any]:
     try:
         for name, (recipe, extra) in {"dpo": ("dpo", {}), **SCENARIOS}.items():
             fresh()
-            plain = {k: v for k, v in extra.items() if k != "train.sharding"}
-            settings = overrides(model, out / name, 4, plain)
+            settings = overrides(model, out / name, extra, one_process=True)
             found[name] = str(trainer.train(recipe, settings, progress=False).run_dir)
         fresh()
-        run = setup_run("dpo", overrides(model, out / "memory", 4, {}), stop_after=1)
+        settings = overrides(model, out / "memory", {}, one_process=True)
+        run = setup_run("dpo", settings, stop_after=1)
         fit(run, tqdm(disable=True))
         found["bytes"] = held_bytes(run)
     finally:
@@ -494,3 +512,36 @@ def test_ti_dpo_samples_and_attributes_under_fsdp2(runs: dict) -> None:
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 3 and all(map(lambda x: x == x, losses))
     assert any(r.get("terms/triplet") for r in records)
+
+
+def _copy_run(runs: dict, name: str, into: Path) -> Path:
+    """A private copy of a session run (the tests below write into it)."""
+    source = Path(runs["ranks"][0][name]["run_dir"])
+    return Path(shutil.copytree(source, into / source.name))
+
+
+def test_mipo_eval_reads_the_consolidated_export(runs: dict, tmp_path: Path) -> None:
+    """``python -m mipo.eval`` on a sharded run, in one process: its held-out
+    numbers equal those the two processes wrote."""
+    from mipo.training.evaluate import evaluate_run
+
+    run_dir = _copy_run(runs, "fsdp2", tmp_path)
+    written = json.loads((run_dir / "eval.json").read_text())
+    again = evaluate_run(run_dir)
+    assert again["checkpoint"] == "checkpoint-3"
+    for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
+        assert again[key] == pytest.approx(written[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_sharded_run_resumed_without_sharding_is_refused(
+    runs: dict, tmp_path: Path
+) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    from mipo.training.trainer import train
+
+    run_dir = _copy_run(runs, "fsdp2", tmp_path)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with pytest.raises(ValueError, match=r"resume it with --train.sharding=fsdp2"):
+        train(resume=run_dir, overrides={"train.sharding": "none"}, progress=False)

@@ -11,12 +11,11 @@ trained state with ``torch.distributed.checkpoint`` instead: every process
 saves its own shards of the policy's trainable parameters and their optimiser
 state (plus the service modules, replicated, written once) under
 ``checkpoint-N/distributed/``, and resuming loads them back into the sharded
-model. The last checkpoint of a
-run (the step it stops at) also holds the consolidated weights as
-``save_pretrained`` writes them (``model.safetensors`` or the LoRA adapter),
-which ``AutoModelForCausalLM.from_pretrained`` and ``python -m mipo.eval``
-read. The RNG states are each process's own (its CPU generator and its own
-GPU's).
+model. The last checkpoint of a run (the step it stops at) also holds the
+consolidated weights as ``save_pretrained`` writes them (``model.safetensors``
+or the LoRA adapter), which ``AutoModelForCausalLM.from_pretrained`` and
+``python -m mipo.eval`` read. The RNG states are each process's own (its CPU
+generator and its own GPU's).
 """
 
 import os

@@ -53,7 +53,7 @@ from mipo.training.services import (
     build_services,
     check_specs,
 )
-from mipo.training.sharding import Sharding, sharding_of
+from mipo.training.sharding import Replicated, Sharding, sharding_of
 
 
 @dataclass(kw_only=True, eq=False)
@@ -94,7 +94,7 @@ class Run:
     resumed: bool = False
     gold_reward: Any = None
     scores: EvalScores | None = None
-    sharding: Sharding = field(default_factory=lambda: sharding_of(TrainConfig()))
+    sharding: Sharding = field(default_factory=Replicated)
 
     @property
     def device(self) -> torch.device:
@@ -198,12 +198,10 @@ def setup_run(
     sharding_of(config).check_processes(accelerator.num_processes)
     set_seed(config.seed)
     checkpoint = latest_checkpoint(resume_dir) if resume_dir is not None else None
+    # sharded weights are loaded into the sharded model (checkpoint.restore)
     sharded = sharding_of(config).shards_parameters
     policy, reference, tokenizer, model_path = load_models(
-        # sharded weights are loaded into the sharded model (checkpoint.restore)
-        config,
-        objective.needs,
-        checkpoint=None if sharded else checkpoint,
+        config, objective.needs, checkpoint=None if sharded else checkpoint
     )
     data = load_run_data(config, tokenizer)
     device = accelerator.device

@@ -8,6 +8,13 @@ moments change. A skipped step still counts as a step (the data position and
 the learning-rate schedule move on, so the run keeps its length); it is logged
 with its step, micro-batch and pair indices, and ``max_bad_steps`` consecutive
 skipped steps stop the run (:class:`~mipo.errors.TrainingStopped`).
+
+Under several processes every process takes the same decision: a micro-batch
+whose loss is not finite on one process is skipped on all of them (each logs
+the failing process's reason and pairs), and the gradient norm is that of the
+averaged gradients, the same everywhere. The gradients of trained service
+modules, which no DDP or FSDP wrapper synchronises, are averaged over the
+processes before the norm is taken.
 """
 
 import contextlib

@@ -86,6 +86,14 @@ class TrainConfig:
             hold out ``eval_fraction`` of ``dataset``).
         column_map: rename columns of the data files, ``FIELD=COLUMN,...`` (e.g.
             ``chosen=better,rejected=worse``).
+        sharding: how the models are spread over the processes of a
+            ``torchrun`` launch (:mod:`mipo.training.sharding`). ``none`` and
+            ``ddp``: every process holds the whole policy and reference (DDP
+            when there are several processes, one process otherwise).
+            ``fsdp2``: policy and reference sharded per decoder layer with
+            torch's ``fully_shard`` (needs at least two processes);
+            checkpoints are sharded (``torch.distributed.checkpoint``) and the
+            last one of a run also holds consolidated weights.
     """
 
     model: str = "smollm2"
@@ -130,6 +138,7 @@ class TrainConfig:
     lora_target_modules: str = "all-linear"
     eval_dataset: str = ""
     column_map: str = ""
+    sharding: Literal["none", "ddp", "fsdp2"] = "none"
 
     def __post_init__(self) -> None:
         positive = (

@@ -115,20 +115,19 @@ def _needs_grad(services: Sequence[Service]) -> bool:
 
 def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
     """The evaluation of a training run at ``at_step``: the gold reward of greedy
-    answers to the held-out prompts (main process; with its gain over step 0)
-    and, after step 0, the held-out pairs. Scores go to ``eval_scores.json``."""
+    answers to the held-out prompts (the prompts split over the processes; the
+    gain over step 0 on the main process) and, after step 0, the held-out pairs
+    (every process evaluates all of them). Every process must call it; scores
+    go to ``eval_scores.json``."""
     result: dict[str, Any] = {"step": at_step}
     data, scores = run.data, run.scores
-    if (
-        run.gold_reward is not None
-        and run.accelerator.is_main_process
-        and data.eval_records
-    ):
+    if run.gold_reward is not None and data.eval_records:
         gold = _gold(run.models.policy, run.tokenizer, data.eval_records, run)
-        scores.add("gold", at_step, gold)
         result["eval/gold_prompts"] = len(gold)
         result.update(interval_fields("eval/gold_reward", bootstrap_mean(gold)))
-        before = scores.get("gold", 0)
+        if scores is not None:
+            scores.add("gold", at_step, gold)
+        before = None if scores is None else scores.get("gold", 0)
         if before is not None and at_step > 0:
             gains = [a - b for a, b in zip(gold, before, strict=True)]
             result["eval/gold_reward_before"] = sum(before) / len(before)
@@ -153,15 +152,16 @@ def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
 def _gold(
     policy: nn.Module, tokenizer: Any, records: list[Any], run: Any
 ) -> list[float]:
-    from mipo.training.gold import gold_scores
+    from mipo.training.gold import shared_gold_scores
 
-    return gold_scores(
+    return shared_gold_scores(
         policy,
         tokenizer,
         records,
         run.gold_reward,
         device=run.device,
         max_new_tokens=run.config.eval_max_new_tokens,
+        accelerator=run.accelerator,
     )
 
 

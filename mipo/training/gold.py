@@ -140,6 +140,37 @@ def score_answers(
     return scores
 
 
+def shared_gold_scores(
+    policy: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Any],
+    reward: GoldReward,
+    *,
+    device: torch.device,
+    max_new_tokens: int,
+    accelerator: Any = None,
+) -> list[float]:
+    """:func:`gold_scores` with the prompts split over the processes of a run:
+    each answers one contiguous block, and every process returns the scores of
+    all prompts, in order. Every process must call it: a sharded policy
+    generates only when all of them do, so each block is padded (with the last
+    prompt, scored and dropped) to the same number of generation batches."""
+    from mipo.training.distributed import gather_lists, rank_share
+
+    indices, share = rank_share(len(records), accelerator)
+    mine = [records[i] for i in indices]
+    padded = mine + [records[-1]] * (share - len(mine))
+    scores = gold_scores(
+        policy,
+        tokenizer,
+        padded,
+        reward,
+        device=device,
+        max_new_tokens=max_new_tokens,
+    )
+    return gather_lists(accelerator, scores[: len(mine)])
+
+
 def gold_scores(
     policy: nn.Module,
     tokenizer: Any,
@@ -166,4 +197,5 @@ __all__ = [
     "prompt_text",
     "resolve_gold",
     "score_answers",
+    "shared_gold_scores",
 ]

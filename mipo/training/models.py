@@ -18,7 +18,7 @@ import abc
 import contextlib
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,19 @@ class AbstractReference(abc.ABC):
         """Move to ``device`` (no-op for references that share the policy)."""
         return self
 
+    def shard(
+        self,
+        shard_units: Callable[[nn.Module, nn.Module], nn.Module],  # noqa: ARG002
+    ) -> "AbstractReference":
+        """This reference with its own parameters sharded across processes by
+        ``shard_units(root, causal_lm)`` (:mod:`mipo.training.sharding`). A
+        reference without parameters of its own (the adapter-off policy) is
+        sharded with the policy and returns itself."""
+        return self
+
+    def release(self) -> None:  # noqa: B027 (a no-op unless sharded)
+        """Free what a sharded reference gathered (no-op otherwise)."""
+
 
 class FrozenCopyReference(AbstractReference):
     """A frozen deep copy of the initial policy."""
@@ -207,6 +220,64 @@ class FrozenCopyReference(AbstractReference):
     def to(self, device: torch.device) -> "FrozenCopyReference":
         self.model.to(device)
         return self
+
+    def shard(
+        self, shard_units: Callable[[nn.Module, nn.Module], nn.Module]
+    ) -> "ShardedCopyReference":
+        return ShardedCopyReference(shard_units(ReferenceTrunk(self.model), self.model))
+
+
+class ReferenceTrunk(nn.Module):
+    """The module a sharded reference calls: final hidden states of ``model``
+    (the root unit of its shards)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        return final_hidden_states(
+            self.model, input_ids, attention_mask, position_ids=position_ids
+        )
+
+
+class ShardedCopyReference(AbstractReference):
+    """A frozen copy sharded across processes: decoder layers gathered one at a
+    time, the root (embeddings, final norm, head) gathered by the forward and
+    kept until :meth:`release`, since the policy's head step reads this head
+    after the forward. Every process must run the same reference forwards."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        self.trunk = trunk
+        self.model = trunk.model
+        self.calls = 0
+
+    def _reference_mode(self) -> contextlib.AbstractContextManager[None]:
+        return torch.no_grad()
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        *,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        self.calls += 1
+        with torch.no_grad():
+            return self.trunk(input_ids, attention_mask, position_ids=position_ids)
+
+    @property
+    def head(self) -> nn.Module:
+        self.trunk.unshard()  # a no-op when the forward left it gathered
+        return self.model.get_output_embeddings()
+
+    def release(self) -> None:
+        self.trunk.reshard()
 
 
 class AdapterOffReference(AbstractReference):
@@ -297,6 +368,8 @@ __all__ = [
     "AbstractReference",
     "AdapterOffReference",
     "FrozenCopyReference",
+    "ReferenceTrunk",
+    "ShardedCopyReference",
     "check_reference_kind",
     "add_lora",
     "disable_dropout",

@@ -10,6 +10,7 @@ declare (:func:`config_services`): which method runs is never asked.
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from mipo.needs import Need
 from mipo.objective import Objective
 from mipo.services import AbstractServiceSpec, ReferenceSync
 from mipo.training import checkpoint as checkpoints
-from mipo.training.batching import BatchBuilder, CausalLMBody, check_served
+from mipo.training.batching import BatchBuilder, check_served
 from mipo.training.cli import OverrideError, jsonable, resolve
 from mipo.training.config import TrainConfig
 from mipo.training.gold import resolve_gold
@@ -52,6 +53,7 @@ from mipo.training.services import (
     build_services,
     check_specs,
 )
+from mipo.training.sharding import Replicated, Sharding, sharding_of
 
 
 @dataclass(kw_only=True, eq=False)
@@ -92,17 +94,21 @@ class Run:
     resumed: bool = False
     gold_reward: Any = None
     scores: EvalScores | None = None
+    sharding: Sharding = field(default_factory=Replicated)
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def clipped_parameters(self) -> list[torch.nn.Parameter]:
-        """The parameters the optimiser steps: the policy's, then the services'."""
-        extra = [
+    def service_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of the services' optimiser groups."""
+        return [
             p for s in self.services for g in s.parameter_groups() for p in g["params"]
         ]
-        return [*self.models.body.parameters(), *extra]
+
+    def clipped_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimiser steps: the policy's, then the services'."""
+        return [*self.models.body.parameters(), *self.service_parameters()]
 
 
 @dataclass(kw_only=True, eq=False)
@@ -144,6 +150,7 @@ def check_run(
     """Refuse, before any model is loaded, a run its settings cannot serve;
     returns its service specs."""
     specs = config_services(config, objective)
+    sharding_of(config).check(config)
     check_reference_kind(config, objective.needs)
     check_specs(specs, config)
     check_served(objective.needs, frozenset().union(*(s.provides for s in specs)))
@@ -188,10 +195,13 @@ def setup_run(
     config, objective_kwargs, objective = resolve(found, merged)
     specs = check_run(config, objective)
     accelerator = _accelerator(config)
+    sharding_of(config).check_processes(accelerator.num_processes)
     set_seed(config.seed)
     checkpoint = latest_checkpoint(resume_dir) if resume_dir is not None else None
+    # sharded weights are loaded into the sharded model (checkpoint.restore)
+    sharded = sharding_of(config).shards_parameters
     policy, reference, tokenizer, model_path = load_models(
-        config, objective.needs, checkpoint=checkpoint
+        config, objective.needs, checkpoint=None if sharded else checkpoint
     )
     data = load_run_data(config, tokenizer)
     device = accelerator.device
@@ -254,6 +264,8 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
     config, accelerator, models = parts.config, parts.accelerator, parts.models
     data, services, run_dir = parts.data, parts.services, parts.run_dir
     steps = _schedule_length(config, len(data.train), accelerator.num_processes)
+    sharding = sharding_of(config)
+    models = sharding.shard(accelerator, models, config)
     groups: list[dict[str, Any]] = [
         {"params": [p for p in models.policy.parameters() if p.requires_grad]}
     ]
@@ -261,10 +273,7 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
         groups += service.parameter_groups()
     optimizer = _optimizer(config, groups)
     scheduler = _scheduler(config, optimizer, steps[0])
-    body, optimizer = accelerator.prepare(CausalLMBody(models.policy), optimizer)
-    models = dataclasses.replace(
-        models, policy=accelerator.unwrap_model(body).model, body=body
-    )
+    models, optimizer = sharding.prepare(accelerator, models, optimizer)
     stop = steps[0] if stop_after is None else min(stop_after, steps[0])
     run = Run(
         recipe=parts.recipe,
@@ -296,6 +305,7 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
         resumed=checkpoint is not None,
         gold_reward=resolve_gold(config.dataset, config.gold),
         scores=EvalScores(run_dir) if accelerator.is_main_process else None,
+        sharding=sharding,
     )
     if checkpoint is not None:
         checkpoints.restore(run, checkpoint)
@@ -313,6 +323,7 @@ def load_saved_run(run_dir: Path) -> SavedRun:
     config, _, objective = resolve(recipe, saved["overrides"])
     specs = check_run(config, objective)
     checkpoint = latest_checkpoint(run_dir)
+    _check_consolidated(checkpoint)
     policy, reference, tokenizer, model_path = load_models(
         config, objective.needs, checkpoint=checkpoint
     )
@@ -350,9 +361,30 @@ def load_saved_run(run_dir: Path) -> SavedRun:
     )
 
 
+def _check_consolidated(checkpoint: Path) -> None:
+    """Refuse a checkpoint that holds only sharded weights (an intermediate
+    checkpoint of a ``sharding="fsdp2"`` run)."""
+    whole = ("config.json", "adapter_config.json")
+    if (checkpoint / checkpoints.SHARDED_DIR).is_dir() and not any(
+        (checkpoint / name).is_file() for name in whole
+    ):
+        raise FileNotFoundError(
+            f"{checkpoint}: holds only sharded weights ({checkpoints.SHARDED_DIR}/); "
+            f"the last checkpoint of a sharded run holds consolidated ones: resume "
+            f"the run to its end (torchrun ... --resume RUN_DIR)"
+        )
+
+
 def _accelerator(config: TrainConfig) -> Any:
     from accelerate import Accelerator
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1", "yes"):
+        # accelerate's FSDP plugin would shard the policy only, and on CPU it
+        # silently falls back to plain DDP
+        raise ValueError(
+            "accelerate's FSDP config is not used by mipo: launch with torchrun (or "
+            "docs/accelerate/multi_gpu.yaml) and pass --train.sharding=fsdp2"
+        )
     return Accelerator(
         # Without a GPU, cpu=True lets torchrun / accelerate launch start gloo DDP.
         cpu=not torch.cuda.is_available(),

@@ -8,6 +8,13 @@ moments change. A skipped step still counts as a step (the data position and
 the learning-rate schedule move on, so the run keeps its length); it is logged
 with its step, micro-batch and pair indices, and ``max_bad_steps`` consecutive
 skipped steps stop the run (:class:`~mipo.errors.TrainingStopped`).
+
+Under several processes every process takes the same decision: a micro-batch
+whose loss is not finite on one process is skipped on all of them (each logs
+the failing process's reason and pairs), and the gradient norm is that of the
+averaged gradients, the same everywhere. The gradients of trained service
+modules, which no DDP or FSDP wrapper synchronises, are averaged over the
+processes before the norm is taken.
 """
 
 import contextlib
@@ -22,6 +29,7 @@ from torch import Tensor
 
 from mipo.errors import NonFiniteLossError, TrainingStopped
 from mipo.training.batching import count_tokens
+from mipo.training.distributed import any_process, average_gradients, gather_lists
 
 
 @dataclass(kw_only=True, eq=False)
@@ -75,16 +83,25 @@ def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
         with accelerator.autocast():
             pair_batch = run.builder(run.models, batch)
         try:
-            out = run.objective(pair_batch)
-        except NonFiniteLossError as error:
-            state.bad = BadStep(
-                reason=str(error),
-                micro_batch=progress.consumed,
-                pairs=_pairs(batch),
-            )
+            out, error = run.objective(pair_batch), None
+        except NonFiniteLossError as caught:
+            out, error = None, caught
+        # every process skips the micro-batch when one has a non-finite loss
+        if any_process(accelerator, error is not None):
+            state.bad = _agreed_bad_step(accelerator, error, batch, progress.consumed)
             return
         accelerator.backward(out.loss)
     state.pending.append((out.metrics, count_tokens(batch.tensors)))
+
+
+def _agreed_bad_step(
+    accelerator: Any, error: Exception | None, batch: Any, micro_batch: int
+) -> BadStep:
+    """The bad step every process records: the first failing process's reason
+    and pairs (each process reads its own micro-batch ``micro_batch``)."""
+    mine = [] if error is None else [(str(error), _pairs(batch))]
+    reason, pairs = gather_lists(accelerator, mine)[0]
+    return BadStep(reason=reason, micro_batch=micro_batch, pairs=pairs)
 
 
 def _pairs(batch: Any) -> list[int] | None:
@@ -101,6 +118,9 @@ def optimizer_step(run: Any) -> tuple[Tensor, float]:
     clip = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     learning_rate = run.scheduler.get_last_lr()[0]
     if state.bad is None:
+        # trained service modules are replicated: their gradients are averaged
+        # over processes like the policy's, before the norm is taken
+        average_gradients(run.accelerator, run.service_parameters())
         grad_norm = run.accelerator.clip_grad_norm_(run.clipped_parameters(), clip)
         if not bool(torch.isfinite(torch.as_tensor(grad_norm))):
             state.bad = BadStep(reason=f"non-finite gradient norm ({float(grad_norm)})")

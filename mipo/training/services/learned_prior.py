@@ -11,6 +11,7 @@ $J$ as ``prior_logps``. The
 bias is trained by its own objective only; $J$ never differentiates it.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from mipo.needs import Need
 from mipo.services import AnchorSampling, MarginalFit
+from mipo.training.distributed import sum_reducer
 from mipo.training.logps import IGNORE_INDEX
 from mipo.training.services.anchor import generate_anchor
 from mipo.training.services.base import Forward, Models, Service, ServiceSetup
@@ -64,6 +66,7 @@ class LogitBiasPrior(nn.Module):
         *,
         steps: int,
         learning_rate: float,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[float, float]:
         r"""Maximise $\frac1N\sum_n \log\operatorname{softmax}(o_n + \phi)_{y_n}$ over
         $\phi$ by plain gradient descent; returns the mean negative
@@ -72,8 +75,17 @@ class LogitBiasPrior(nn.Module):
         empirical token frequencies) and its Hessian is at most $\frac12 I$, so a
         rate up to 2 is stable. Plain descent on purpose: Adam's per-coordinate
         normalisation moves every one of the $V$ biases by about the rate per
-        step, even for tokens the samples never contain."""
+        step, even for tokens the samples never contain.
+
+        With ``reduce`` (a sum over the processes of a run,
+        :func:`mipo.training.distributed.sum_reducer`) the $N$ tokens are those of
+        every process: each step sums the per-process gradient sums and token
+        counts, so every process takes the same step from the same $\phi$ and
+        the bias stays identical everywhere (the fit of one process holding
+        all the samples)."""
         logits = reference_logits.detach().float()
+        if reduce is not None:
+            return self._fit_shared(logits, tokens, steps, learning_rate, reduce)
 
         def nll() -> Tensor:
             logps = torch.log_softmax(logits + self.bias.float(), dim=-1)
@@ -91,6 +103,33 @@ class LogitBiasPrior(nn.Module):
         with torch.no_grad():
             return before, float(nll())
 
+    def _fit_shared(
+        self,
+        logits: Tensor,
+        tokens: Tensor,
+        steps: int,
+        learning_rate: float,
+        reduce: Callable[[Tensor], Tensor],
+    ) -> tuple[float, float]:
+        """:meth:`fit` over the tokens of every process."""
+        count = reduce(torch.tensor(float(tokens.numel()), device=logits.device))
+
+        def nll_sum() -> Tensor:
+            logps = torch.log_softmax(logits + self.bias.float(), dim=-1)
+            return -logps.gather(-1, tokens.unsqueeze(-1)).sum()
+
+        optimiser = torch.optim.SGD([self.bias], lr=learning_rate)
+        with torch.enable_grad():
+            before = float(reduce(nll_sum().detach()) / count)
+            for _ in range(steps):
+                optimiser.zero_grad(set_to_none=True)
+                nll_sum().backward()
+                self.bias.grad = reduce(self.bias.grad) / count
+                optimiser.step()
+            self.bias.grad = None
+        with torch.no_grad():
+            return before, float(reduce(nll_sum()) / count)
+
 
 def fit_prior_to_policy(
     prior: LogitBiasPrior,
@@ -102,10 +141,12 @@ def fit_prior_to_policy(
     *,
     pad_token_id: int,
     eos_token_id: int,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """One Blahut–Arimoto prior step: sample one response per prompt from
     ``policy`` (plain sampling at ``settings.sample_temperature``), then fit the
-    bias to the sampled tokens under the reference logits.
+    bias to the sampled tokens under the reference logits (with ``reduce``, to
+    the sampled tokens of every process; :meth:`LogitBiasPrior.fit`).
 
     Args:
         prior: the bias to fit (in place).
@@ -116,6 +157,8 @@ def fit_prior_to_policy(
         prompt_attention_mask: 1 on prompt tokens.
         pad_token_id: padding id.
         eos_token_id: ends a sampled response.
+        reduce: sums a tensor over the processes of a run (``None``: one
+            process).
 
     Returns:
         ``prior/nll_before``, ``prior/nll_after`` (mean per sampled token) and
@@ -145,6 +188,7 @@ def fit_prior_to_policy(
         labels[keep],
         steps=settings.fit_steps,
         learning_rate=settings.fit_learning_rate,
+        reduce=reduce,
     )
     return {
         "prior/nll_before": before,
@@ -165,6 +209,8 @@ class MarginalFitService(Service, spec=MarginalFit):
         vocab = setup.models.policy.get_output_embeddings().weight.shape[0]
         self.module = LogitBiasPrior(vocab).to(setup.device)
         self.last_fit: dict[str, float] = {}
+        # fitted to the samples of every process, so the bias is the same on all
+        self.reduce = sum_reducer(setup.accelerator)
 
     def before_step(self, step: int, batch: Any, models: Models) -> None:
         if step % self.spec.update_every != 0:
@@ -179,6 +225,7 @@ class MarginalFitService(Service, spec=MarginalFit):
             batch.tensors.prompt_attention_mask,
             pad_token_id=models.pad_token_id,
             eos_token_id=models.eos_token_id,
+            reduce=self.reduce,
         )
 
     def metrics(self) -> dict[str, float]:

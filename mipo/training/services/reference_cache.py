@@ -6,8 +6,9 @@ A run declares it through its settings rather than through a primitive
 (:func:`mipo.training.setup.config_services`); the objective may then read only
 reference token log-probs (the table of needs marks what a cache can serve).
 The cache lives in ``{output_dir}/.reference_cache/{key}.pt``, ``key`` a hash of
-the model files, the lengths and every encoded token id; only the main process
-writes it.
+the model files, the lengths and every encoded token id. Under several
+processes each computes a share of the batches; the main process writes the
+union, which every process then reads.
 """
 
 import hashlib
@@ -22,6 +23,7 @@ from torch import Tensor
 from mipo.needs import Need
 from mipo.services import AbstractServiceSpec
 from mipo.training.config import TrainConfig
+from mipo.training.distributed import gather_lists
 from mipo.training.loaders import IndexedBatch, RunData, make_loader
 from mipo.training.logps import IGNORE_INDEX, final_hidden_states, token_stats
 from mipo.training.services.base import Forward, Models, Service, ServiceSetup
@@ -70,9 +72,13 @@ def compute_reference_logps(
     pad_token_id: int,
     device: torch.device,
     chunk_size: int | None,
+    part: tuple[int, int] = (0, 1),
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """One pass of the initial policy (= the reference) over every pair: global
-    index -> (chosen, rejected) log-probs of the completion tokens, in order."""
+    index -> (chosen, rejected) log-probs of the completion tokens, in order.
+    ``part=(k, n)`` computes only every ``n``-th batch from the ``k``-th (the
+    share of process ``k`` of ``n``; the batches are those of one process, so
+    the union of the parts equals the whole)."""
     was_training = model.training
     model.eval()
     out: dict[int, tuple[Tensor, Tensor]] = {}
@@ -86,31 +92,33 @@ def compute_reference_logps(
         ),
     )
     head = model.get_output_embeddings()
+    batches = (batch for loader in loaders for batch in loader)
     try:
         with torch.no_grad():
-            for loader in loaders:
-                for batch in loader:
-                    tensors = batch.tensors.to(device)
-                    per_side = []
-                    for side in (tensors.chosen, tensors.rejected):
-                        hidden = final_hidden_states(
-                            model, side.input_ids, side.attention_mask
-                        )
-                        stats = token_stats(
-                            hidden, head, side.labels, chunk_size=chunk_size
-                        )
-                        per_side.append(
-                            [
-                                row[mask].cpu()
-                                for row, mask in zip(
-                                    stats.policy_logps,
-                                    stats.response_mask,
-                                    strict=True,
-                                )
-                            ]
-                        )
-                    for row, index in enumerate(batch.indices.tolist()):
-                        out[index] = (per_side[0][row], per_side[1][row])
+            for number, batch in enumerate(batches):
+                if number % part[1] != part[0]:
+                    continue
+                tensors = batch.tensors.to(device)
+                per_side = []
+                for side in (tensors.chosen, tensors.rejected):
+                    hidden = final_hidden_states(
+                        model, side.input_ids, side.attention_mask
+                    )
+                    stats = token_stats(
+                        hidden, head, side.labels, chunk_size=chunk_size
+                    )
+                    per_side.append(
+                        [
+                            row[mask].cpu()
+                            for row, mask in zip(
+                                stats.policy_logps,
+                                stats.response_mask,
+                                strict=True,
+                            )
+                        ]
+                    )
+                for row, index in enumerate(batch.indices.tolist()):
+                    out[index] = (per_side[0][row], per_side[1][row])
     finally:
         model.train(was_training)
     return out
@@ -183,15 +191,22 @@ def _load_or_compute(setup: ServiceSetup) -> Cache:
         if not setup.training:
             raise FileNotFoundError(f"{path}: the run's reference cache is gone")
         accelerator = setup.accelerator
+        # every process computes its share of the batches (the models are not
+        # sharded yet); the main process writes the union
+        part = (0, 1)
+        if accelerator is not None:
+            part = (accelerator.process_index, accelerator.num_processes)
+        cache = compute_reference_logps(
+            setup.models.policy,
+            setup.data,
+            batch_size=setup.config.batch_size,
+            pad_token_id=setup.models.pad_token_id,
+            device=setup.device,
+            chunk_size=setup.config.logps_chunk_size or None,
+            part=part,
+        )
+        cache = dict(gather_lists(accelerator, list(cache.items())))
         if accelerator is None or accelerator.is_main_process:
-            cache = compute_reference_logps(
-                setup.models.policy,
-                setup.data,
-                batch_size=setup.config.batch_size,
-                pad_token_id=setup.models.pad_token_id,
-                device=setup.device,
-                chunk_size=setup.config.logps_chunk_size or None,
-            )
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             torch.save(cache, tmp)

@@ -31,6 +31,29 @@ BASELINE = HERE / "data" / "identity_baseline.json"
 SKIPPED_KEYS = {"tokens_per_second", "peak_memory_mb", "step_seconds"}
 """Metrics that depend on the machine, not on the maths."""
 
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+"""CPU features that change which float32 kernels torch runs, and so the last bits
+of a sum."""
+
+
+def machine_fingerprint() -> str:
+    """The CPU model, the kernel-relevant features and torch's dispatch level: two
+    machines with the same fingerprint ran bit-identical runs here; two with
+    different ones differ by float32 rounding (about 1e-6 relative)."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.is_file() else ""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    words = set(text.split())
+    flags = ",".join(flag for flag in KERNEL_FLAGS if flag in words)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.machine()} | {model} | {capability} | {flags}"
+
 
 def weights_rows(count: int = 16) -> list[dict[str, Any]]:
     """Plain-text pairs with per-token weights, KL weights and example weights
@@ -200,16 +223,19 @@ def build_inputs(root: Path) -> tuple[Path, Path]:
     return model, data
 
 
-def differences(want: Any, got: Any, path: str = "") -> list[tuple[str, float]]:
-    """``(path, |want - got|)`` for every number; ``inf`` for a structural
-    mismatch (a missing key, another string)."""
+def differences(
+    want: Any, got: Any, path: str = "", *, scaled: bool = False
+) -> list[tuple[str, float]]:
+    """``(path, |want - got|)`` for every number (divided by ``max(1, |want|)``
+    when ``scaled``); ``inf`` for a structural mismatch (a missing key, another
+    string)."""
     if isinstance(want, dict) and isinstance(got, dict):
         out = []
         for key in sorted(set(want) | set(got)):
             if key not in want or key not in got:
                 out.append((f"{path}/{key}", math.inf))
             else:
-                out += differences(want[key], got[key], f"{path}/{key}")
+                out += differences(want[key], got[key], f"{path}/{key}", scaled=scaled)
         return out
     if isinstance(want, list) and isinstance(got, list):
         if len(want) != len(got):
@@ -217,13 +243,14 @@ def differences(want: Any, got: Any, path: str = "") -> list[tuple[str, float]]:
         return [
             d
             for i, (a, b) in enumerate(zip(want, got, strict=True))
-            for d in differences(a, b, f"{path}[{i}]")
+            for d in differences(a, b, f"{path}[{i}]", scaled=scaled)
         ]
     numbers = (int, float)
     if isinstance(want, numbers) and isinstance(got, numbers):
         if math.isnan(want) and math.isnan(got):
             return [(path, 0.0)]
-        return [(path, abs(float(want) - float(got)))]
+        scale = max(1.0, abs(float(want))) if scaled else 1.0
+        return [(path, abs(float(want) - float(got)) / scale)]
     return [(path, 0.0 if want == got else math.inf)]
 
 
@@ -247,7 +274,11 @@ def main(argv: list[str] | None = None) -> None:
             report(f"{name}: done")
     if args.write:
         BASELINE.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"torch": torch.__version__, "runs": results}
+        payload = {
+            "torch": torch.__version__,
+            "machine": machine_fingerprint(),
+            "runs": results,
+        }
         BASELINE.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
         report(f"wrote {BASELINE}")
         return

@@ -2,11 +2,14 @@
 Llama logs the metrics, evaluation and final weights recorded in
 ``tests/data/identity_baseline.json`` (fp32, CPU, one thread).
 
-The baseline was written before the trainer was split into services, a fit loop
-and one batch builder (``tests/identity_runs.py`` rewrites it when a change is
-meant to move the numbers). Allowed difference: 1e-7 absolute on any number,
-for reductions whose order may change; anything structural (a missing metric, a
-changed string) fails.
+The baseline was first written before the trainer was split into services, a
+fit loop and one batch builder (``tests/identity_runs.py --write`` rewrites it
+when a change is meant to move the numbers). Allowed difference on any number:
+1e-7 absolute on the machine that wrote the baseline (same CPU fingerprint:
+the runs are bit-identical there); on another machine, whose float32 kernels
+round differently (about 3e-6 relative was seen between two x86_64 CPUs), 1e-5
+relative to ``max(1, |value|)``. A change in the maths moves the numbers far
+more. Anything structural (a missing metric, a changed string) fails everywhere.
 """
 
 import json
@@ -15,11 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from identity_runs import BASELINE, build_inputs, differences, run_one
+from identity_runs import (
+    BASELINE,
+    build_inputs,
+    differences,
+    machine_fingerprint,
+    run_one,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-TOLERANCE = 1e-7
 SAVED = json.loads(BASELINE.read_text())
+SAME_MACHINE = SAVED.get("machine") == machine_fingerprint()
+TOLERANCE = 1e-7 if SAME_MACHINE else 1e-5
+"""Absolute on the baseline's machine; relative to max(1, |value|) elsewhere."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +53,7 @@ def test_three_steps_match_the_baseline(
         assert f"{type(error.value).__name__}: {error.value}" == want["error"]
         return
     got = run_one(name, model, data, tmp_path)
-    diffs = differences(SAVED["runs"][name], got)
+    diffs = differences(SAVED["runs"][name], got, scaled=not SAME_MACHINE)
     worst = max(diffs, key=lambda item: item[1], default=("", 0.0))
     assert worst[1] <= TOLERANCE, f"{name}: {worst[0]} differs by {worst[1]}"
     assert got["metrics"], "a run that logs nothing proves nothing"

@@ -231,7 +231,16 @@ def assert_same_grads(trainer: Any, mipo_loss: Tensor, trl_loss_: Tensor) -> Non
     mipo = policy_grads(trainer, mipo_loss)
     ours = policy_grads(trainer, trl_loss_)
     for index, (g_mipo, g_trl) in enumerate(zip(mipo, ours, strict=True)):
-        assert_close(g_mipo, g_trl, **GRAD_TOL, msg=f"parameter {index}")
+        # absolute slack scaled to the tensor: a near-zero element of a large
+        # gradient carries the float32 noise of its neighbours
+        atol = max(GRAD_TOL["atol"], GRAD_TOL["rtol"] * float(g_trl.abs().max()))
+        assert_close(
+            g_mipo,
+            g_trl,
+            rtol=GRAD_TOL["rtol"],
+            atol=atol,
+            msg=lambda m, i=index: f"parameter {i}: {m}",
+        )
 
 
 def recipe(name: str, **kwargs: Any) -> Callable[[float], Objective]:
@@ -499,7 +508,10 @@ def test_dpo_trainer_parity(
     trainer = dpo_trainer(tmp_path, beta=BETA, **config)
     trl_total, metrics, inputs = trl_loss(trainer, trl_rows(trainer))
     out = make(BETA)(dpo_batch(trainer, inputs, collision=collision))
-    assert_close(out.loss, trl_total.detach(), **TOL)
+    # the squared losses (IPO, SPPO: values near 10) magnify float32 noise past
+    # 1e-6 relative on some CPUs
+    squared = bool({"ipo", "sppo_hard"} & set(config.get("loss_type", [])))
+    assert_close(out.loss, trl_total.detach(), **(PER_PAIR_TOL if squared else TOL))
     for name in REWARD_METRICS:
         assert_close(out.metrics[name].item(), metrics[name], **TOL, msg=name)
     assert_same_grads(trainer, out.loss, trl_total)

@@ -4,7 +4,9 @@ the data) and every service's own state, written atomically as
 ``checkpoint-{step}`` (:func:`mipo.training.run_dir.save_checkpoint`).
 
 Resuming restores all of it, so a run stopped and resumed matches one trained
-straight through.
+straight through. ``save_total_limit`` keeps the newest N checkpoints;
+``save_only_model`` leaves the optimiser, scheduler and RNG state out (a model
+export, which ``--resume`` refuses: :func:`check_resumable`).
 """
 
 import random
@@ -14,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mipo.errors import TrainingStopped
-from mipo.training.run_dir import save_checkpoint
+from mipo.errors import ConfigError, TrainingStopped
+from mipo.training.run_dir import prune_checkpoints, save_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
 """Optimiser, scheduler, RNG and data position inside ``checkpoint-N``."""
@@ -46,15 +48,7 @@ def save(run: Any) -> Path:
     """Write ``checkpoint-{step}`` of ``run`` (every process joins: sharded
     weights are gathered; the main process writes)."""
     accelerator, progress = run.accelerator, run.progress
-    rng = accelerator.gather_for_metrics([rng_state()], use_gather_object=True)
-    state = {
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "rng": rng,
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "consumed": progress.consumed,
-    }
+    state = _trainer_state(run)
     # get_state_dict gathers sharded weights (FSDP, ZeRO-3); every process joins.
     weights = {
         key.removeprefix("model."): value
@@ -73,9 +67,48 @@ def save(run: Any) -> Path:
         )
         for service in run.services:
             service.save(directory)
+        prune_checkpoints(run.run_dir, run.config.save_total_limit)
     accelerator.wait_for_everyone()
     progress.saved_at = progress.step
     return directory
+
+
+def _trainer_state(run: Any) -> dict[str, Any]:
+    """``trainer_state.pt``: the position, and unless ``save_only_model`` the
+    optimiser, scheduler and every process's RNG."""
+    progress = run.progress
+    state: dict[str, Any] = {
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "consumed": progress.consumed,
+    }
+    if run.config.save_only_model:
+        return state
+    rng = run.accelerator.gather_for_metrics([rng_state()], use_gather_object=True)
+    optimizer = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng,
+    }
+    return {**optimizer, **state}
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """Refuse, before any model loads, a checkpoint written with
+    ``save_only_model`` (it holds no optimiser state to continue from).
+
+    Raises:
+        ConfigError: naming the checkpoint and what to do instead.
+    """
+    state = torch.load(
+        checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False, mmap=True
+    )
+    if "optimizer" not in state:
+        raise ConfigError(
+            f"--resume: {checkpoint} was saved with --train.save_only_model=true and "
+            "holds no optimiser state, so the run cannot continue exactly; start a "
+            f"new run from its weights with --train.model={checkpoint}"
+        )
 
 
 def check_finite_weights(weights: dict[str, torch.Tensor], step: int) -> None:
@@ -111,6 +144,7 @@ def restore(run: Any, checkpoint: Path) -> None:
 __all__ = [
     "TRAINER_STATE",
     "check_finite_weights",
+    "check_resumable",
     "restore",
     "rng_state",
     "save",

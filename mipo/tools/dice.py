@@ -994,7 +994,7 @@ def _alpha_grid(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--alpha-grid {text!r}: expected START:STOP:STEP (STEP > 0, STOP > "
+            f"{text!r}: expected START:STOP:STEP (STEP > 0, STOP > "
             "START) or comma-separated numbers"
         ) from None
 

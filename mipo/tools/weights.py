@@ -355,8 +355,14 @@ def _main(argv: list[str]) -> None:
         fail("--batch-size must be >= 1 and --max-examples >= 0")
     eos = _eos_weight(args.eos_weight)
     load_records(args.data, max_examples=args.max_examples)  # bad data: refused now
-    for name in {positive_name, negative_name}:
-        resolve_model_path(name)
+    for flag, name in (("--positive", positive_name), ("--negative", negative_name)):
+        try:
+            resolve_model_path(name)
+        except FileNotFoundError:
+            fail(
+                f"{'--model' if args.model else flag} {name}: not a model directory "
+                "(give a Hugging Face model directory with a config.json, or 'smollm2')"
+            )
     positive, tokenizer = _load_model(positive_name)
     negative = (
         positive if negative_name == positive_name else _load_model(negative_name)[0]

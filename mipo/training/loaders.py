@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from mipo.errors import DataWarning
+from mipo.errors import ConfigError, DataWarning
 from mipo.needs import Need
 from mipo.training.config import TrainConfig
 
@@ -76,6 +76,12 @@ def load_run_data(
         train_records = records
         eval_records = _records(config, config.eval_dataset, check, 0, records)
     elif config.eval_fraction > 0:
+        if max(1, round(len(records) * config.eval_fraction)) >= len(records):
+            raise ConfigError(
+                f"--train.eval_fraction={config.eval_fraction}: {config.dataset} has "
+                f"{len(records)} pairs, which leaves none for training; lower it, or "
+                "give a separate --train.eval_dataset"
+            )
         train_records, eval_records = train_eval_split(
             records, config.eval_fraction, config.seed
         )

@@ -134,6 +134,10 @@ def _records(
     """The checked pairs of ``source``, swapped when ``config.swap_pairs``."""
     from mipo.data.validate import validate_dataset
 
+    from mipo.data.builtin import BUILTIN_PREFIX
+
+    # the built-in tasks are mipo's own generated data: nothing to warn the user of
+    quiet = source.startswith(BUILTIN_PREFIX)
     records = validate_dataset(
         source,
         needs=check.needs,
@@ -141,7 +145,7 @@ def _records(
         max_examples=max_examples,
         seed=config.seed,
         train_records=train_records,
-        warn=check.warn,
+        warn=_drop if quiet else check.warn,
     )
     if config.swap_pairs:
         records = [swap_record(record) for record in records]

@@ -22,6 +22,7 @@ import pytest
 from tiny import build_tiny_model_dir
 
 from mipo.tools.console import main as console
+from mipo.training.run_dir import RunLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -406,6 +407,7 @@ def test_cli_case(
         (run_dir,) = out.iterdir()
         assert not list(run_dir.glob("checkpoint-*"))
         assert "skipped" in (run_dir / "metrics.jsonl").read_text()
+        RunLock(run_dir).release()  # the failed run let its lock go
 
 
 @pytest.mark.parametrize(
@@ -495,3 +497,29 @@ def test_exit_codes_of_error_kinds() -> None:
         == "mipo: error: --train.seed: bad"
     )
     assert error_line(KeyboardInterrupt()).startswith("mipo: interrupted:")
+
+
+def test_suspicious_data_is_warned_once_per_kind(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Usable but suspicious rows train, with one ``mipo: warning:`` line per
+    kind naming the first row."""
+    rows = _rows()
+    rows[2]["chosen"] = "   "  # whitespace only
+    rows[4] = {  # an HH transcript with a turn marker inside the response
+        "chosen": "\n\nHuman: hi\n\nAssistant: a\n\nHuman: more?",
+        "rejected": "\n\nHuman: hi\n\nAssistant: b",
+    }
+    rows[6]["prompt"] = ""  # an empty prompt
+    path = tmp_path / "odd.jsonl"
+    path.write_text(_jsonl(rows + rows[:1]))  # and a duplicate pair
+    console(_argv(f"train dpo --train.dataset={path}", env, tmp_path / "out"))
+    warnings = [x for x in capsys.readouterr().err.splitlines() if "mipo: warning" in x]
+    assert len(warnings) == 4, warnings
+    for fragment in (
+        f"{path}:3: field 'chosen'",
+        f"{path}:5",
+        f"{path}:7",
+        f"{path}:13",
+    ):
+        assert sum(fragment in line for line in warnings) == 1, fragment

@@ -132,9 +132,8 @@ def _records(
     train_records: Sequence[Any] = (),
 ) -> list[Any]:
     """The checked pairs of ``source``, swapped when ``config.swap_pairs``."""
-    from mipo.data.validate import validate_dataset
-
     from mipo.data.builtin import BUILTIN_PREFIX
+    from mipo.data.validate import validate_dataset
 
     # the built-in tasks are mipo's own generated data: nothing to warn the user of
     quiet = source.startswith(BUILTIN_PREFIX)

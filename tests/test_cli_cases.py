@@ -311,7 +311,7 @@ CASES: list[tuple[str, str, int, str, str]] = [
     ("dice-alpha-grid", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --alpha-grid 1:0:1", 2, "--alpha-grid: '1:0:1': expected START:STOP:STEP", ""),
     ("dice-preset", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --preset fast", 2, "--preset: invalid choice: 'fast'", ""),
     ("dice-stray-argument", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x stray", 2, "unexpected argument 'stray'", ""),
-    ("dice-reserved", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --train.dataset=x.jsonl", 2, "train.dataset: set by mipo.dice in every round", ""),
+    ("dice-reserved", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --train.dataset=x.jsonl", 2, "--train.dataset: set by mipo.dice in every round; leave it out", ""),
     ("dice-self-reference", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --train.model={M}", 2, "every implicit reward would be 0", ""),
     ("compare-no-recipe", "compare --evals 2", 2, "no recipe given", ""),
     ("compare-seeds", "compare dpo --seeds a", 2, "--seeds: expected integers like 0,1, got 'a'", ""),
@@ -478,7 +478,7 @@ def test_exit_codes_of_error_kinds() -> None:
         TrainingInterrupted,
         TrainingStopped,
     )
-    from mipo.training.command import error_line, exit_code
+    from mipo.training.command import error_line, exit_code, mark_run_time
 
     assert exit_code(DataError("x", file="a.jsonl", line=3, field="chosen")) == 2
     assert exit_code(FileNotFoundError(2, "No such file or directory", "x")) == 2
@@ -488,6 +488,10 @@ def test_exit_codes_of_error_kinds() -> None:
     assert exit_code(TrainingInterrupted("SIGINT at step 1")) == 130
     assert exit_code(KeyboardInterrupt()) == 130
     assert exit_code(KeyError("k")) == 1
+    during = ValueError("a bad batch at step 3")
+    mark_run_time(during)  # raised once training started: results may exist
+    assert exit_code(during) == 1
+    assert error_line(during) == "mipo: error: a bad batch at step 3"
     assert error_line(OSError(28, "No space left on device", "/runs")) == (
         "mipo: error: /runs: No space left on device"
     )

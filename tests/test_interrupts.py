@@ -327,6 +327,7 @@ def test_a_second_sigint_interrupts_at_once() -> None:
     with StopRequest() as request:
         os.kill(os.getpid(), signal.SIGTERM)
         assert request.name == "SIGTERM"
+    with StopRequest() as request:
         os.kill(os.getpid(), signal.SIGINT)
         assert request.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):

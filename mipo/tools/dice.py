@@ -846,7 +846,8 @@ def run_dice(
     reserved = [key for key in RESERVED_OVERRIDES if key in overrides]
     if reserved:
         raise OverrideError(
-            f"{', '.join(reserved)}: set by mipo.dice in every round; do not override"
+            f"{', '.join('--' + key for key in reserved)}: set by mipo.dice in every "
+            "round; leave it out"
         )
     config, _, _ = resolve(load_recipe(recipe), overrides)
     if config.lora_rank > 0 and settings.rounds > 1:

@@ -82,16 +82,32 @@ class UsageError(ConfigError):
     """A command line that does not parse (an argparse error, a missing value)."""
 
 
+RUN_TIME_MARK = "_mipo_run_time"
+"""Attribute set on an exception raised once training has started."""
+
+
+def mark_run_time(error: BaseException) -> None:
+    """Record that ``error`` was raised while the work ran (after every check):
+    whatever its type, it exits 1, since a run directory may hold results."""
+    try:
+        setattr(error, RUN_TIME_MARK, True)
+    except AttributeError:  # an exception type without a __dict__
+        pass
+
+
 def debugging(argv: Sequence[str]) -> bool:
     """True when ``--debug`` is in ``argv`` or ``MIPO_DEBUG`` is set (not ``0``)."""
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def exit_code(error: BaseException) -> int:
-    """The exit status for ``error``: 130 interrupted, 1 run time, 2 usage/data/
-    config, 1 for anything else."""
+    """The exit status for ``error``: 130 interrupted; 1 for an error raised
+    once training started (:func:`mark_run_time`) or a run-time failure; 2 for a
+    usage, data or config error; 1 for anything else."""
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED
+    if getattr(error, RUN_TIME_MARK, False):
+        return RUNTIME
     if isinstance(error, RUNTIME_ERRORS) and not isinstance(error, USAGE_ERRORS):
         return RUNTIME
     if isinstance(error, USAGE_ERRORS):
@@ -111,7 +127,8 @@ def error_line(error: BaseException) -> str:
         )
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"mipo: error: {error.filename}: {error.strerror}"
-    if exit_code(error) == RUNTIME and not isinstance(error, RUNTIME_ERRORS):
+    unexpected = not isinstance(error, RUNTIME_ERRORS + USAGE_ERRORS)
+    if exit_code(error) == RUNTIME and unexpected:
         return (
             f"mipo: error: internal error ({type(error).__name__}: {error}); rerun "
             f"with {DEBUG_FLAG} for the traceback and report it"
@@ -180,6 +197,7 @@ __all__ = [
     "error_line",
     "exit_code",
     "fail",
+    "mark_run_time",
     "print_warning",
     "run_command",
 ]

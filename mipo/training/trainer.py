@@ -23,7 +23,7 @@ from typing import Any, final
 from mipo.errors import TrainingInterrupted
 from mipo.training import checkpoint as checkpoints
 from mipo.training.cli import OverrideError, help_text, parse_command_line, with_preset
-from mipo.training.command import run_command
+from mipo.training.command import mark_run_time, run_command
 from mipo.training.evaluate import evaluate_run, evaluate_step
 from mipo.training.interrupts import StopRequest, interrupted_message
 from mipo.training.loop import fit, stopping
@@ -112,9 +112,10 @@ def _train(run: Run, progress: bool) -> TrainResult:
             run.metrics.restart_clock()
             fit(run, bar)
             stopped = stopping(run) and run.progress.step < run.progress.stop
-    except BaseException:
+    except BaseException as error:
         bar.close()
         _close(run)
+        mark_run_time(error)
         raise
     bar.close()
     if stopped:

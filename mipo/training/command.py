@@ -118,7 +118,10 @@ def exit_code(error: BaseException) -> int:
 def error_line(error: BaseException) -> str:
     """The one line :func:`run_command` prints for ``error``."""
     if isinstance(error, KeyboardInterrupt):
-        text = str(error) or "stopped before training started; nothing was saved"
+        text = str(error) or (
+            "stopped at once; a run directory keeps its last checkpoint, which "
+            "python -m mipo.train --resume RUN_DIR continues"
+        )
         return f"mipo: interrupted: {text}"
     if isinstance(error, SyntaxError) and error.filename:
         return (

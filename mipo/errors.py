@@ -20,8 +20,32 @@ class NonFiniteLossError(FloatingPointError):
 
 class TrainingStopped(RuntimeError):
     """A training run stopped on its own, with one line saying why (too many
-    consecutive non-finite steps, non-finite weights refused by a checkpoint,
-    a run directory another process is writing)."""
+    consecutive non-finite steps, non-finite weights refused by a checkpoint)."""
+
+
+class ConfigError(ValueError):
+    """A setting, a command-line argument, a config file or a recipe is wrong.
+    The message names the key (``--train.max_grad_norm: ...``) or the file."""
+
+
+class RunLockedError(ConfigError):
+    """Another process is writing the run directory (it holds the run's lock)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after finishing its current optimiser
+    step and writing a checkpoint; the message gives the command that resumes it.
+
+    Args:
+        message: the one-line report.
+        run_dir: the run directory.
+        step: the optimiser step the checkpoint holds.
+    """
+
+    def __init__(self, message: str, *, run_dir: object = None, step: int = 0) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.step = step
 
 
 _LOCATION = re.compile(r"(?P<file>.+?):(?P<line>\d+)(?::(?P<column>\d+))?")
@@ -245,9 +269,12 @@ def _rebuild_warning(
 __all__ = [
     "BatchError",
     "CompositionError",
+    "ConfigError",
     "DataError",
     "DataWarning",
     "NonFiniteLossError",
+    "RunLockedError",
+    "TrainingInterrupted",
     "TrainingStopped",
     "split_location",
 ]

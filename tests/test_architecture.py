@@ -39,6 +39,7 @@ SHIMS = {
     "site",
     "docs",
     "compare",
+    "__main__",
 }
 MAX_LINES = 80
 

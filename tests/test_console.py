@@ -54,7 +54,9 @@ def test_unknown_command_fails_in_one_line(capsys: pytest.CaptureFixture) -> Non
     with pytest.raises(SystemExit) as exit_info:
         main(["trian"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: mipo: unknown command 'trian'")
+    err = capsys.readouterr().err
+    assert err.startswith("mipo: error: unknown command 'trian'; did you mean 'train'?")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("module", ["mipo.tools.console", "mipo"])

@@ -57,7 +57,7 @@ def test_fsdp2_in_one_process_is_one_line_exit_2(
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # refused before any model is loaded
-    assert err[0].startswith("mipo: error: TrainConfig.sharding='fsdp2': needs several")
+    assert err[0].startswith("mipo: error: --train.sharding='fsdp2': needs several")
     assert "torchrun --nproc_per_node N" in err[0]
     assert not (tmp_path / "runs").exists()  # nothing written
 

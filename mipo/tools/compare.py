@@ -314,6 +314,7 @@ WHICH_METHOD_BUDGET = {
 
 USAGE = """usage: python -m mipo.compare RECIPE [RECIPE ...] [--seeds 0,1] [--evals 3]
        [--out DIR] [--gold module:function] [--title TEXT] [--train.KEY=VALUE ...]
+       [--debug]
        python -m mipo.compare --which-method [--seeds 0,1] [--out DIR]
 
 Trains every RECIPE (a path or a shipped name) for every seed on the same
@@ -382,30 +383,42 @@ def parse_arguments(argv: list[str]) -> dict[str, Any]:
         options.setdefault("title", "Which method works here?")
         options["page"] = PAGE
     if not options["recipes"]:
-        raise OverrideError("no recipe given\n" + USAGE)
+        raise OverrideError(
+            "no recipe given; python -m mipo.compare RECIPE [RECIPE ...] "
+            "(--help lists the options)"
+        )
     return options
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mipo.compare``."""
-    from mipo.training.cli import OverrideError
-    from mipo.training.gold import GoldError
+    """``python -m mipo.compare`` (errors in the common style of
+    :mod:`mipo.training.command`)."""
+    from mipo.training.command import run_command
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _check_recipes(recipes: list[Any], overrides: dict[str, Any]) -> None:
+    """Load every recipe and apply the keys before the first run trains."""
+    from mipo.training.cli import resolve
+    from mipo.training.recipes import load_recipe
+
+    for recipe in recipes:
+        resolve(load_recipe(recipe), overrides)
+
+
+def _main(args: list[str]) -> None:
+    if args and args[0] in ("-h", "--help"):
         print(USAGE)
-        raise SystemExit(0 if args else 2)
-    try:
-        options = parse_arguments(args)
-        page = options.pop("page", None)
-        result = compare(**options)
-        if page is not None:
-            from mipo.tools.compare_report import update_page
+        return
+    options = parse_arguments(args)
+    _check_recipes(options["recipes"], options["overrides"])
+    page = options.pop("page", None)
+    result = compare(**options)
+    if page is not None:
+        from mipo.tools.compare_report import update_page
 
-            print(f"page: {update_page(result, Path(page))}")
-    except (OverrideError, GoldError, FileNotFoundError, ValueError) as error:
-        print(f"mipo: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"page: {update_page(result, Path(page))}")
     from mipo.tools.compare_report import table
 
     print(table(result))

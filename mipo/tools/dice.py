@@ -846,7 +846,8 @@ def run_dice(
     reserved = [key for key in RESERVED_OVERRIDES if key in overrides]
     if reserved:
         raise OverrideError(
-            f"{', '.join(reserved)}: set by mipo.dice in every round; do not override"
+            f"{', '.join('--' + key for key in reserved)}: set by mipo.dice in every "
+            "round; leave it out"
         )
     config, _, _ = resolve(load_recipe(recipe), overrides)
     if config.lora_rank > 0 and settings.rounds > 1:
@@ -994,7 +995,7 @@ def _alpha_grid(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--alpha-grid {text!r}: expected START:STOP:STEP (STEP > 0, STOP > "
+            f"{text!r}: expected START:STOP:STEP (STEP > 0, STOP > "
             "START) or comma-separated numbers"
         ) from None
 
@@ -1023,7 +1024,9 @@ _SWITCHES = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from mipo.training.command import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m mipo.dice",
         description="DICE rounds (arXiv 2406.09760): sample with the policy, rank "
         "by its DPO implicit reward, build length-controlled pairs, mix offline "
@@ -1093,18 +1096,19 @@ def _overrides(extra: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    from mipo.training.cli import OverrideError
+    """Command-line entry point (errors in the common style of
+    :mod:`mipo.training.command`)."""
+    from mipo.training.command import run_command
 
-    args, extra = _parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        settings = _settings(args)
-        preset = RELEASE_TRAIN_OVERRIDES if args.preset == "release" else {}
-        overrides = {**preset, **_overrides(extra)}
-        run_dice(args.recipe, settings, overrides, progress=not args.quiet)
-    except (OverrideError, DataError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> None:
+    args, extra = _parser().parse_known_args(argv)
+    settings = _settings(args)
+    preset = RELEASE_TRAIN_OVERRIDES if args.preset == "release" else {}
+    overrides = {**preset, **_overrides(extra)}
+    run_dice(args.recipe, settings, overrides, progress=not args.quiet)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ links into links to the API reference). The values of their fields, the β and
 the full citation are on the recipe's page (:func:`recipe_slots`).
 """
 
-import argparse
 import dataclasses
 import inspect
 import re
@@ -171,8 +170,21 @@ def recipe_slots(recipe: Recipe) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write ``docs/methods.md`` (or, with ``--check``, report drift)."""
-    parser = argparse.ArgumentParser(prog="python -m mipo.docs", description=__doc__)
+    """Write ``docs/methods.md`` (or, with ``--check``, report drift: exit 1).
+    Errors in the common style of :mod:`mipo.training.command`."""
+    from mipo.training.command import run_command
+
+    status: list[int] = []
+    run_command(
+        lambda args: status.append(_main(args)), sys.argv[1:] if argv is None else argv
+    )
+    return status[0] if status else 0
+
+
+def _main(argv: list[str]) -> int:
+    from mipo.training.command import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m mipo.docs", description=__doc__)
     parser.add_argument("--output", type=Path, default=METHODS_MD)
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the file is out of date"

@@ -19,6 +19,7 @@ checkpoint, services included.
 import argparse
 import dataclasses
 import html
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -206,8 +207,17 @@ def _side_rows(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mipo.pictures RECIPE_OR_RUN --data FILE --pairs N --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m mipo.pictures")
+    """``python -m mipo.pictures RECIPE_OR_RUN --data FILE --pairs N --out DIR``
+    (errors in the common style of :mod:`mipo.training.command`)."""
+    from mipo.training.command import run_command
+
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> None:
+    from mipo.training.command import ArgumentParser, fail
+
+    parser = ArgumentParser(prog="python -m mipo.pictures")
     parser.add_argument(
         "recipe", help="recipe file, shipped recipe name, or a run directory"
     )
@@ -220,8 +230,34 @@ def main(argv: list[str] | None = None) -> None:
         "--max-length", type=int, default=None, help="overrides train.max_length"
     )
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        fail(f"--pairs: must be >= 1, got {args.pairs}")
+    if args.max_length is not None and args.max_length < 2:
+        fail(f"--max-length: must be >= 2, got {args.max_length}")
+    _check_data(args)
     source = _source(args)
     draw(source, args)
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    """Refuse bad data (and, for a recipe, missing weight columns) before any
+    model loads."""
+    from mipo.data.validate import validate_dataset
+    from mipo.training.recipes import load_recipe
+    from mipo.training.setup import config_services, data_needs
+
+    needs: frozenset[Any] = frozenset()
+    if not (Path(args.recipe) / "config.json").is_file():
+        recipe = load_recipe(args.recipe)
+        specs = config_services(recipe.train, recipe.objective)
+        needs = data_needs(recipe.objective, specs)
+    validate_dataset(
+        args.data,
+        needs=needs,
+        max_examples=args.pairs,
+        seed=args.seed,
+        warn=lambda _warning: None,
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -544,7 +544,17 @@ def site_server(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    """``python -m mipo.site`` (errors in the common style of
+    :mod:`mipo.training.command`)."""
+    from mipo.training.command import run_command
+
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> None:
+    from mipo.training.command import ArgumentParser, fail
+
+    parser = ArgumentParser(
         prog="python -m mipo.site",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -557,17 +567,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=8000, help="with --serve")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        fail(f"--port: must be in 0..65535, got {args.port}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        fail(f"--out: {args.out} is a file; give a directory")
     out = args.out or Path(tempfile.mkdtemp(prefix="mipo-site-"))
     server = None
     if args.serve:  # take the port first: a busy one fails before the build
         try:
             server = site_server(out / "site", args.port)
         except OSError as error:
-            parser.exit(
-                1,
-                f"python -m mipo.site: --port {args.port}: cannot serve on "
-                f"127.0.0.1:{args.port} ({error.strerror}); choose another port\n",
-            )
+            raise OSError(
+                f"--port {args.port}: cannot serve on 127.0.0.1:{args.port} "
+                f"({error.strerror}); choose another port"
+            ) from None
     site = build_site(out)
     print(f"site built: {site}/index.html")
     if server is not None:

@@ -37,7 +37,9 @@ complete; ``--resume`` continues a ``.partial`` file where it stopped.
 import argparse
 import dataclasses
 import json
+import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +283,17 @@ def _system(value: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    """``python -m mipo.weights estimate ...`` (errors in the common style of
+    :mod:`mipo.training.command`)."""
+    from mipo.training.command import run_command
+
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from mipo.training.command import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m mipo.weights",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -311,13 +323,22 @@ def main(argv: list[str] | None = None) -> None:
         help="weight written for the EOS token, or 'scored' (default 0, as the authors)",
     )
     est.add_argument("--resume", action="store_true", help="continue OUT.partial")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: list[str]) -> None:
+    """Check every argument and the whole data set, then load the models and
+    score."""
+    from mipo.training.command import fail
+    from mipo.training.models import resolve_model_path
+
+    args = _parser().parse_args(argv)
     if args.model and (args.positive or args.negative):
-        parser.error("give either --model (one model) or --positive and --negative")
+        fail("--model: give either --model (one model) or --positive and --negative")
     positive_name = args.positive or args.model
     negative_name = args.negative or args.model
     if not positive_name or not negative_name:
-        parser.error("give --model, or both --positive and --negative")
+        fail("--model: give --model, or both --positive and --negative")
     contrast = Contrast(
         positive_system=_system(args.positive_system),
         negative_system=_system(args.negative_system),
@@ -326,12 +347,26 @@ def main(argv: list[str] | None = None) -> None:
         positive_name == negative_name
         and contrast.positive_system == contrast.negative_system
     ):
-        parser.error("one model with identical prompts gives all-zero scores")
+        fail(
+            "--negative-system: one model with identical prompts gives all-zero "
+            "scores; give different --positive-system and --negative-system"
+        )
+    if args.batch_size < 1 or args.max_examples < 0:
+        fail("--batch-size must be >= 1 and --max-examples >= 0")
+    eos = _eos_weight(args.eos_weight)
+    load_records(args.data, max_examples=args.max_examples)  # bad data: refused now
+    for flag, name in (("--positive", positive_name), ("--negative", negative_name)):
+        try:
+            resolve_model_path(name)
+        except FileNotFoundError:
+            fail(
+                f"{'--model' if args.model else flag} {name}: not a model directory "
+                "(give a Hugging Face model directory with a config.json, or 'smollm2')"
+            )
     positive, tokenizer = _load_model(positive_name)
     negative = (
         positive if negative_name == positive_name else _load_model(negative_name)[0]
     )
-    eos = None if args.eos_weight == "scored" else float(args.eos_weight)
     path = estimate(
         data=args.data,
         out=args.out,
@@ -345,6 +380,20 @@ def main(argv: list[str] | None = None) -> None:
         resume=args.resume,
     )
     print(f"weights written: {path}")
+
+
+def _eos_weight(text: str) -> float | None:
+    from mipo.training.command import fail
+
+    if text == "scored":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        fail(f"--eos-weight: expected a number or 'scored', got {text!r}")
+    if not math.isfinite(value):
+        fail(f"--eos-weight: must be finite, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ the data) and every service's own state, written atomically as
 ``checkpoint-{step}`` (:func:`mipo.training.run_dir.save_checkpoint`).
 
 Resuming restores all of it, so a run stopped and resumed matches one trained
-straight through.
+straight through. ``save_total_limit`` keeps the newest N checkpoints;
+``save_only_model`` leaves the optimiser, scheduler and RNG state out (a model
+export, which ``--resume`` refuses: :func:`check_resumable`).
 
 A run with sharded parameters (``TrainConfig.sharding="fsdp2"``) writes its
 trained state with ``torch.distributed.checkpoint`` instead: every process
@@ -28,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mipo.errors import TrainingStopped
+from mipo.errors import ConfigError, TrainingStopped
 from mipo.training.distributed import any_process, gather_lists
-from mipo.training.run_dir import save_checkpoint
+from mipo.training.run_dir import prune_checkpoints, save_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
 """Optimiser, scheduler, RNG and data position inside ``checkpoint-N``."""
@@ -71,17 +73,10 @@ def save(run: Any) -> Path:
     """Write ``checkpoint-{step}`` of ``run`` (every process joins: sharded
     weights are gathered; the main process writes)."""
     accelerator, progress = run.accelerator, run.progress
-    rng = accelerator.gather_for_metrics([rng_state()], use_gather_object=True)
     if run.sharding.shards_parameters:
+        rng = accelerator.gather_for_metrics([rng_state()], use_gather_object=True)
         return _save_sharded(run, _progress_state(run, rng))
-    state = {
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "rng": rng,
-        "step": progress.step,
-        "epoch": progress.epoch,
-        "consumed": progress.consumed,
-    }
+    state = _trainer_state(run)
     # get_state_dict gathers sharded weights (FSDP, ZeRO-3); every process joins.
     weights = {
         key.removeprefix("model."): value
@@ -100,9 +95,48 @@ def save(run: Any) -> Path:
         )
         for service in run.services:
             service.save(directory)
+        prune_checkpoints(run.run_dir, run.config.save_total_limit)
     accelerator.wait_for_everyone()
     progress.saved_at = progress.step
     return directory
+
+
+def _trainer_state(run: Any) -> dict[str, Any]:
+    """``trainer_state.pt``: the position, and unless ``save_only_model`` the
+    optimiser, scheduler and every process's RNG."""
+    progress = run.progress
+    state: dict[str, Any] = {
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "consumed": progress.consumed,
+    }
+    if run.config.save_only_model:
+        return state
+    rng = run.accelerator.gather_for_metrics([rng_state()], use_gather_object=True)
+    optimizer = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng,
+    }
+    return {**optimizer, **state}
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """Refuse, before any model loads, a checkpoint written with
+    ``save_only_model`` (it holds no optimiser state to continue from).
+
+    Raises:
+        ConfigError: naming the checkpoint and what to do instead.
+    """
+    state = torch.load(
+        checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False, mmap=True
+    )
+    if "optimizer" not in state:
+        raise ConfigError(
+            f"--resume: {checkpoint} was saved with --train.save_only_model=true and "
+            "holds no optimiser state, so the run cannot continue exactly; start a "
+            f"new run from its weights with --train.model={checkpoint}"
+        )
 
 
 def check_finite_weights(weights: dict[str, torch.Tensor], step: int) -> None:
@@ -184,6 +218,7 @@ def _save_sharded(run: Any, state: dict[str, Any]) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        prune_checkpoints(run.run_dir, run.config.save_total_limit)
     accelerator.wait_for_everyone()
     progress.saved_at = progress.step
     return final
@@ -305,6 +340,7 @@ __all__ = [
     "SHARDED_DIR",
     "TRAINER_STATE",
     "check_finite_weights",
+    "check_resumable",
     "full_weights",
     "restore",
     "rng_state",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, final
 
+from mipo.errors import ConfigError
 from mipo.objective import Objective
 from mipo.training.config import TrainConfig
 from mipo.training.primitive_syntax import PrimitiveSyntaxError, parse_primitive
@@ -31,8 +32,9 @@ from mipo.training.recipes import Recipe
 GROUPS = ("train", "objective")
 
 
-class OverrideError(ValueError):
-    """A dotted override names an unknown key or carries a value of the wrong type."""
+class OverrideError(ConfigError):
+    """A dotted override names an unknown key or carries a value of the wrong
+    type, or a config file does not parse; the message names the key or file."""
 
 
 @final
@@ -130,21 +132,24 @@ def with_preset(
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read dotted keys from a YAML (or JSON) file: either flat
-    (``train.learning_rate: 1e-6``) or nested (``train: {learning_rate: 1e-6}``)."""
+    (``train.learning_rate: 1e-6``) or nested (``train: {learning_rate: 1e-6}``).
+
+    Raises:
+        OverrideError: a missing file or folder, a file that does not parse
+            (``FILE:LINE: ...``), or one that is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
-        raise OverrideError(f"--config: {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml  # PyYAML comes with transformers
-
-        data = yaml.safe_load(text)
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise OverrideError(f"--config: {path} {what}; give a YAML or JSON file")
+    data = _parse_config(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise OverrideError(f"{path}: expected a mapping of dotted keys")
+        raise OverrideError(
+            f"{path}: expected a mapping of dotted keys (train.learning_rate: 1e-6), "
+            f"got a {type(data).__name__}"
+        )
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in GROUPS and isinstance(value, dict):
@@ -153,6 +158,34 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             flat[str(key)] = value
     return flat
+
+
+def _parse_config(path: Path) -> Any:
+    """The parsed YAML or JSON of ``path``; errors name ``FILE:LINE``."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise OverrideError(
+            f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise OverrideError(
+                f"{path}:{error.lineno}: not valid JSON ({error.msg}); fix the file"
+            ) from None
+    import yaml  # PyYAML comes with transformers
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise OverrideError(
+            f"{where}: not valid YAML ({problem}); fix the file"
+        ) from None
 
 
 def train_fields() -> dict[str, tuple[Any, Any]]:
@@ -353,7 +386,11 @@ def help_text(recipe: Recipe | None) -> str:
     lines = [
         "usage: python -m mipo.train RECIPE.py [--train.FIELD=VALUE ...] "
         "[--objective.NAME=VALUE ...] [--preset NAME] [--config FILE.yaml] "
-        "[--resume RUN_DIR]",
+        "[--resume RUN_DIR] [--debug]",
+        "",
+        "--debug shows the traceback of an error (also MIPO_DEBUG=1); without it",
+        "an error is one line, exit status 2 for a usage, data or config error,",
+        "1 for a failure at run time, 130 after Ctrl-C or SIGTERM.",
         "",
         "train options (TrainConfig"
         + (f", defaults of {recipe.name}" if recipe else "")

@@ -52,6 +52,12 @@ class TrainConfig:
         output_dir: where runs are written (one sub-directory per run).
         logging_steps: log metrics every this many optimiser steps.
         save_steps: checkpoint every this many optimiser steps (0: only at the end).
+        save_total_limit: keep only the newest this many ``checkpoint-N``
+            directories, deleting older ones after each save (0: keep all;
+            Hugging Face's name).
+        save_only_model: write checkpoints without the optimiser, scheduler and
+            RNG state (about a third of the size with AdamW; Hugging Face's
+            name). Such a checkpoint is a model export: ``--resume`` refuses it.
         eval_steps: evaluate every this many optimiser steps (0: only at the end).
         logps_chunk_size: response rows per chunk of the chunked log-prob path
             (0: the eager path, which materialises the full logits).
@@ -121,6 +127,8 @@ class TrainConfig:
     output_dir: str = "runs"
     logging_steps: int = 1
     save_steps: int = 0
+    save_total_limit: int = 0
+    save_only_model: bool = False
     eval_steps: int = 0
     logps_chunk_size: int = 256
     eval_max_examples: int = 20
@@ -141,6 +149,17 @@ class TrainConfig:
     sharding: Literal["none", "ddp", "fsdp2"] = "none"
 
     def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(
+                    f"TrainConfig.{name}: must be a finite number, got {value}"
+                    + (
+                        "; use 0 to turn clipping off"
+                        if name == "max_grad_norm"
+                        else ""
+                    )
+                )
         positive = (
             "learning_rate",
             "epochs",
@@ -161,6 +180,7 @@ class TrainConfig:
             "lora_rank",
             "logging_steps",
             "save_steps",
+            "save_total_limit",
             "eval_steps",
             "logps_chunk_size",
             "eval_max_examples",

@@ -233,16 +233,29 @@ def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mipo.eval RUN_DIR``: evaluate the latest checkpoint of a run."""
-    args = sys.argv[1:] if argv is None else argv
+    """``python -m mipo.eval RUN_DIR``: evaluate the latest checkpoint of a run
+    (errors in the common style of :mod:`mipo.training.command`)."""
+    from mipo.training.command import run_command
+
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+EVAL_USAGE = "usage: python -m mipo.eval RUN_DIR [--gold module:function] [--debug]"
+
+
+def _main(args: list[str]) -> None:
+    from mipo.training.command import fail
+
+    if args and args[0] in ("-h", "--help"):
+        print(EVAL_USAGE)
+        return
     gold = ""
     if len(args) == 3 and args[1] == "--gold":
         args, gold = args[:1], args[2]
     elif len(args) == 2 and args[1].startswith("--gold="):
         args, gold = args[:1], args[1].removeprefix("--gold=")
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m mipo.eval RUN_DIR [--gold module:function]")
-        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    if len(args) != 1 or args[0].startswith("-"):
+        fail(f"expected one run directory, got {args or 'none'}; {EVAL_USAGE}")
     result = evaluate_run(args[0], gold=gold)
     for key, value in result.items():
         print(f"{key}: {value}")

@@ -14,6 +14,8 @@ import shlex
 import sys
 from collections.abc import Mapping
 
+from mipo.errors import ConfigError
+
 GROUP_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 """Set in every process of a real process group (torchrun, accelerate on GPUs)."""
 
@@ -44,11 +46,11 @@ def launch_problem(
 
 
 def refuse_bad_launch(argv: list[str] | None = None) -> None:
-    """Print :func:`launch_problem`'s line and exit with status 2 when it has one."""
+    """Raise :class:`~mipo.errors.ConfigError` with :func:`launch_problem`'s line
+    when it has one (the command prints it and exits with status 2)."""
     problem = launch_problem(sys.argv[1:] if argv is None else argv)
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError(problem)
 
 
 __all__ = ["launch_problem", "refuse_bad_launch", "torchrun_command"]

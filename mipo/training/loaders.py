@@ -8,6 +8,7 @@ micro-batches it had consumed.
 """
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from mipo.errors import ConfigError, DataWarning
+from mipo.needs import Need
 from mipo.training.config import TrainConfig
 
 
@@ -47,20 +50,38 @@ class IndexedBatch:
         return IndexedBatch(indices=self.indices, tensors=self.tensors.to(device))
 
 
-def load_run_data(config: TrainConfig, tokenizer: Any) -> RunData:
+def load_run_data(
+    config: TrainConfig,
+    tokenizer: Any,
+    *,
+    needs: frozenset[Need] = frozenset(),
+    warn: Callable[[DataWarning], None] | None = None,
+) -> RunData:
     """Load ``config.dataset`` (columns renamed by ``config.column_map``), split
     it (seeded) or take the held-out pairs from ``config.eval_dataset``, and
-    encode both parts."""
+    encode both parts.
+
+    Every row is checked (:func:`mipo.data.validate.validate_dataset`): the weight
+    columns ``needs`` read must be on every row; ``warn`` receives the
+    :class:`~mipo.errors.DataWarning` values (default: dropped).
+    """
     from mipo.data.columns import parse_column_map
     from mipo.data.split import train_eval_split
     from mipo.data.tokenize import encode_record
 
     column_map = parse_column_map(config.column_map)
-    records = _records(config, config.dataset, column_map, config.max_examples)
+    check = _Check(needs=needs, warn=warn or _drop, column_map=column_map)
+    records = _records(config, config.dataset, check, config.max_examples)
     if config.eval_dataset:
         train_records = records
-        eval_records = _records(config, config.eval_dataset, column_map, 0)
+        eval_records = _records(config, config.eval_dataset, check, 0, records)
     elif config.eval_fraction > 0:
+        if max(1, round(len(records) * config.eval_fraction)) >= len(records):
+            raise ConfigError(
+                f"--train.eval_fraction={config.eval_fraction}: {config.dataset} has "
+                f"{len(records)} pairs, which leaves none for training; lower it, or "
+                "give a separate --train.eval_dataset"
+            )
         train_records, eval_records = train_eval_split(
             records, config.eval_fraction, config.seed
         )
@@ -89,17 +110,41 @@ def load_run_data(config: TrainConfig, tokenizer: Any) -> RunData:
     )
 
 
-def _records(
-    config: TrainConfig, source: str, column_map: dict[str, str], max_examples: int
-) -> list[Any]:
-    """The pairs of ``source``, swapped when ``config.swap_pairs``."""
-    from mipo.data.load import load_records
+@dataclass(frozen=True, kw_only=True)
+class _Check:
+    """How the data of a run is checked: the needs its columns serve, where
+    warnings go, the column map."""
 
-    records = load_records(
+    needs: frozenset[Need]
+    warn: Callable[[DataWarning], None]
+    column_map: dict[str, str]
+
+
+def _drop(_warning: DataWarning) -> None:
+    return None
+
+
+def _records(
+    config: TrainConfig,
+    source: str,
+    check: _Check,
+    max_examples: int,
+    train_records: Sequence[Any] = (),
+) -> list[Any]:
+    """The checked pairs of ``source``, swapped when ``config.swap_pairs``."""
+    from mipo.data.builtin import BUILTIN_PREFIX
+    from mipo.data.validate import validate_dataset
+
+    # the built-in tasks are mipo's own generated data: nothing to warn the user of
+    quiet = source.startswith(BUILTIN_PREFIX)
+    records = validate_dataset(
         source,
-        column_map=column_map or None,
+        needs=check.needs,
+        column_map=check.column_map or None,
         max_examples=max_examples,
         seed=config.seed,
+        train_records=train_records,
+        warn=_drop if quiet else check.warn,
     )
     if config.swap_pairs:
         records = [swap_record(record) for record in records]

@@ -2,7 +2,8 @@
 
 It reads like nanoGPT's training loop. Everything model-side happens in the
 objective's services and the batch builder; the loop never asks which method
-runs.
+runs. After SIGINT or SIGTERM it stops at the end of the current optimiser step
+(:mod:`mipo.training.interrupts`).
 """
 
 from collections.abc import Iterator
@@ -11,14 +12,16 @@ from typing import Any
 
 from mipo.training import checkpoint as checkpoints
 from mipo.training.evaluate import evaluate_step
+from mipo.training.interrupts import stop_requested
 from mipo.training.loaders import make_loader
 from mipo.training.step import micro_step, optimizer_step, settle_step
 
 
 def fit(run: Any, bar: Any) -> None:
-    """Train ``run`` until ``run.progress.stop`` optimiser steps."""
+    """Train ``run`` until ``run.progress.stop`` optimiser steps, or until a
+    signal asks it to stop (then after the step it is in)."""
     progress, config = run.progress, run.config
-    while progress.step < progress.stop:
+    while progress.step < progress.stop and not stopping(run):
         loader = epoch_loader(run)
         total = len(loader)
         if progress.consumed:
@@ -37,11 +40,16 @@ def fit(run: Any, bar: Any) -> None:
             bar.update(1)
             skipped = settle_step(run) is not None
             after_step(run, bar, grad_norm, learning_rate, skipped=skipped)
-            if progress.step >= progress.stop:
+            if progress.step >= progress.stop or stopping(run):
                 break
         if progress.consumed == total:
             progress.epoch += 1
             progress.consumed = 0
+
+
+def stopping(run: Any) -> bool:
+    """A signal asked the run to stop (every process agrees)."""
+    return stop_requested(getattr(run, "stop_request", None), run.accelerator)
 
 
 def epoch_loader(run: Any) -> Any:
@@ -98,4 +106,4 @@ def after_step(
         checkpoints.save(run)
 
 
-__all__ = ["accumulation_groups", "after_step", "epoch_loader", "fit"]
+__all__ = ["accumulation_groups", "after_step", "epoch_loader", "fit", "stopping"]

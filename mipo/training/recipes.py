@@ -8,12 +8,14 @@ import hashlib
 import importlib.util
 import inspect
 import pickle
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, final
 
+from mipo.errors import ConfigError
 from mipo.objective import Objective
 from mipo.training.config import TrainConfig
 
@@ -175,13 +177,38 @@ def load_recipe(path_or_name: str | Path | Recipe) -> Recipe:
     if spec is None or spec.loader is None:
         raise ImportError(f"{path}: cannot import")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    _run_recipe(spec.loader, module, path)
     for attribute, kind in (("objective", Objective), ("train", TrainConfig)):
         if not isinstance(getattr(module, attribute, None), kind):
-            raise TypeError(f"{path}: must define `{attribute}` as a {kind.__name__}")
+            raise ConfigError(
+                f"{path}: must define `{attribute}` (a {kind.__name__} instance); "
+                "see recipes/dpo.py for the shape of a recipe"
+            )
     if not callable(getattr(module, "make_objective", None)):
-        raise TypeError(f"{path}: must define a make_objective(...) factory")
+        raise ConfigError(f"{path}: must define a make_objective(...) factory")
     return Recipe(name=path.stem, path=path, module=module)
+
+
+def _run_recipe(loader: Any, module: Any, path: Path) -> None:
+    """Execute a recipe file; a recipe that fails names its own line.
+
+    Raises:
+        SyntaxError: as Python reports it (file and line).
+        ConfigError: for any other exception the file raises (the user's code:
+            ``FILE:LINE: what it raised``); mipo's own user errors pass through.
+    """
+    try:
+        loader.exec_module(module)
+    except (SyntaxError, ConfigError):
+        raise
+    except Exception as error:
+        frames = traceback.extract_tb(error.__traceback__)
+        lines = [f.lineno for f in frames if Path(f.filename) == path]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise ConfigError(
+            f"{where}: the recipe raised {type(error).__name__}: {error}; fix the "
+            "recipe (--debug shows the traceback)"
+        ) from error
 
 
 def discover(directory: Path | None = None) -> list[Recipe]:

@@ -78,12 +78,17 @@ class AbstractReporter(abc.ABC):
 
 
 class TensorBoardReporter(AbstractReporter):
-    """``tensorboard/`` event files of the run directory."""
+    """``tensorboard/`` event files of the run directory. A resumed run purges
+    the events after its checkpoint step (``SummaryWriter``'s ``purge_step``),
+    so no step is shown twice."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(
+            log_dir=str(run_dir / "tensorboard"), purge_step=purge
+        )
 
     def log(self, values: Mapping[str, float], step: int) -> None:
         for key, value in values.items():
@@ -97,7 +102,7 @@ class TensorBoardReporter(AbstractReporter):
 class WandbReporter(AbstractReporter):
     """A wandb run named after the run directory (``WANDB_MODE`` honoured)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:  # noqa: ARG002
         import wandb
 
         self.run = wandb.init(project=PROJECT, name=run_dir.name, dir=str(run_dir))
@@ -112,7 +117,7 @@ class WandbReporter(AbstractReporter):
 class MlflowReporter(AbstractReporter):
     """An MLflow run named after the run directory (``MLFLOW_*`` honoured)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:  # noqa: ARG002
         import mlflow
 
         self.mlflow = mlflow
@@ -128,7 +133,7 @@ class MlflowReporter(AbstractReporter):
 class TrackioReporter(AbstractReporter):
     """A trackio run (local by default, as trackio is)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:  # noqa: ARG002
         import trackio
 
         self.trackio = trackio
@@ -149,9 +154,13 @@ KINDS: dict[str, type[AbstractReporter]] = {
 }
 
 
-def make_reporters(run_dir: Path, report_to: str) -> list[AbstractReporter]:
-    """The trackers ``report_to`` names, started for ``run_dir``."""
-    return [KINDS[name](run_dir) for name in parse_report_to(report_to)]
+def make_reporters(
+    run_dir: Path, report_to: str, *, resume_step: int | None = None
+) -> list[AbstractReporter]:
+    """The trackers ``report_to`` names, started for ``run_dir``; ``resume_step``:
+    the checkpoint step a resumed run continues from (TensorBoard drops its
+    later events; the other trackers start a new run of their own)."""
+    return [KINDS[name](run_dir, resume_step) for name in parse_report_to(report_to)]
 
 
 PLOTS = {

@@ -11,11 +11,17 @@ Layout::
         checkpoint-{step}/   save_pretrained model (or LoRA adapter) + tokenizer
                              + trainer_state.pt (optimiser, scheduler, RNG, position)
         eval.json            held-out evaluation
+        .lock                held (flock) by the process writing the run
 
 Checkpoints are written to a temporary directory and renamed into place, so a
-``checkpoint-N`` directory is either complete or absent.
+``checkpoint-N`` directory is either complete or absent; pruning
+(``save_total_limit``) renames an old one away before deleting it. One process
+at a time writes a run directory: it holds an exclusive ``flock`` on ``.lock``
+(:class:`RunLock`), which the system releases when the process ends, even on
+``kill -9``.
 """
 
+import fcntl
 import json
 import math
 import os
@@ -28,7 +34,58 @@ from typing import Any
 
 import torch
 
+from mipo.errors import ConfigError, RunLockedError
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+LOCK_FILE = ".lock"
+"""The file whose ``flock`` the process writing a run directory holds."""
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``RUN_DIR/.lock``, held while a
+    process writes the run directory; the file records the holder's pid.
+
+    Raises:
+        RunLockedError: another process holds it (one line naming that pid).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.handle: Any = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise RunLockedError(
+                f"{run_dir}: another mipo process (pid {holder}) is writing this run "
+                "directory; wait for it to finish (or stop it), then resume"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory; one clear error when ``run_dir``
+    is not one."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        what = "does not exist" if not Path(run_dir).exists() else "has no config.json"
+        raise ConfigError(
+            f"{run_dir}: not a run directory ({what}); give a directory that "
+            "python -m mipo.train wrote"
+        )
+    return json.loads(path.read_text())
 
 
 def new_run_dir(output_dir: str | Path, recipe_name: str) -> Path:
@@ -85,13 +142,21 @@ def write_json(path: Path, data: Any) -> None:
 
 class MetricsLog:
     """metrics.jsonl plus the trackers of ``report_to`` (TensorBoard by default,
-    TRL's tags: :mod:`mipo.training.reporting`); only the main process makes one."""
+    TRL's tags: :mod:`mipo.training.reporting`); only the main process makes one.
+    ``resume_step``: the checkpoint step a resumed run continues from (the
+    TensorBoard events after it are purged, as ``metrics.jsonl`` is truncated)."""
 
-    def __init__(self, run_dir: Path, report_to: str = "tensorboard") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        report_to: str = "tensorboard",
+        *,
+        resume_step: int | None = None,
+    ) -> None:
         from mipo.training.reporting import make_reporters
 
         self.path = run_dir / "metrics.jsonl"
-        self.reporters = make_reporters(run_dir, report_to)
+        self.reporters = make_reporters(run_dir, report_to, resume_step=resume_step)
 
     def log(self, record: Mapping[str, float | int]) -> None:
         from mipo.training.reporting import scalars
@@ -159,8 +224,26 @@ def latest_checkpoint(run_dir: Path) -> Path:
     """The highest-step checkpoint; a clear error when there is none."""
     found = checkpoints(run_dir)
     if not found:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint-N directory to resume from")
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint-N directory to resume from (the run stopped "
+            "before its first checkpoint); start the run again"
+        )
     return found[-1]
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` 0: none deleted);
+    returns the deleted paths. Each is renamed away first, so a process killed
+    while deleting never leaves a partial ``checkpoint-N`` behind."""
+    found = checkpoints(run_dir)
+    old = found[:-keep] if keep > 0 else []
+    for path in old:
+        trash = path.with_name(f".deleting-{path.name}")
+        if trash.exists():  # left by a process killed while deleting
+            shutil.rmtree(trash)
+        os.replace(path, trash)
+        shutil.rmtree(trash)
+    return old
 
 
 def save_checkpoint(
@@ -194,8 +277,12 @@ __all__ = [
     "checkpoints",
     "finite_json",
     "latest_checkpoint",
+    "LOCK_FILE",
+    "RunLock",
     "new_run_dir",
+    "prune_checkpoints",
     "read_metrics",
+    "read_run_config",
     "truncate_metrics",
     "save_checkpoint",
     "write_json",

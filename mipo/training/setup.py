@@ -8,9 +8,9 @@ declare (:func:`config_services`): which method runs is never asked.
 """
 
 import dataclasses
-import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +25,18 @@ from mipo.services import AbstractServiceSpec, ReferenceSync
 from mipo.training import checkpoint as checkpoints
 from mipo.training.batching import BatchBuilder, check_served
 from mipo.training.cli import OverrideError, jsonable, resolve
+from mipo.training.command import print_warning
 from mipo.training.config import TrainConfig
 from mipo.training.gold import resolve_gold
+from mipo.training.interrupts import StopRequest
 from mipo.training.loaders import RunData, load_run_data, make_loader
 from mipo.training.metrics import MetricsAccumulator
-from mipo.training.models import check_reference_kind, load_models
+from mipo.training.models import (
+    check_reference_kind,
+    load_models,
+    load_tokenizer,
+    resolve_model_path,
+)
 from mipo.training.recipes import (
     Recipe,
     is_composed,
@@ -40,8 +47,10 @@ from mipo.training.recipes import (
 from mipo.training.run_dir import (
     EvalScores,
     MetricsLog,
+    RunLock,
     latest_checkpoint,
     new_run_dir,
+    read_run_config,
     truncate_metrics,
     write_json,
 )
@@ -95,6 +104,8 @@ class Run:
     gold_reward: Any = None
     scores: EvalScores | None = None
     sharding: Sharding = field(default_factory=Replicated)
+    lock: RunLock | None = None
+    stop_request: StopRequest | None = None
 
     @property
     def device(self) -> torch.device:
@@ -167,10 +178,7 @@ def resolve_run(
             raise OverrideError("no recipe given (python -m mipo.train RECIPE.py)")
         return _recipe(recipe), dict(overrides), None
     run_dir = Path(resume)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"--resume {run_dir}: no config.json there")
-    saved = json.loads(config_path.read_text())
+    saved = read_run_config(run_dir)
     merged = {**saved["overrides"], **overrides}
     found = recipe_of_run(run_dir, saved) if recipe is None else _recipe(recipe)
     return found, merged, run_dir
@@ -188,22 +196,98 @@ def setup_run(
     stop_after: int | None = None,
 ) -> Run:
     """Everything a training run needs, restored from its latest checkpoint when
-    resuming."""
-    from accelerate.utils import set_seed
+    resuming.
 
+    Everything the user gave is checked before a run directory exists and
+    before the model loads: the recipe and settings, the gold reward, the
+    checkpoint to resume, and the whole data set (read with the tokenizer alone,
+    weight columns checked against the objective's needs). A resumed run's
+    directory is locked first (:class:`~mipo.training.run_dir.RunLock`); a new
+    one right after it is made. If setting up fails, the lock is released and a
+    run directory made here is removed.
+    """
     found, merged, resume_dir = resolve_run(recipe, overrides, resume)
     config, objective_kwargs, objective = resolve(found, merged)
     specs = check_run(config, objective)
+    gold_reward = resolve_gold(config.dataset, config.gold)
     accelerator = _accelerator(config)
     sharding_of(config).check_processes(accelerator.num_processes)
-    set_seed(config.seed)
     checkpoint = latest_checkpoint(resume_dir) if resume_dir is not None else None
+    if checkpoint is not None:
+        checkpoints.check_resumable(checkpoint)
+    lock = _lock(accelerator, resume_dir)
+    made: Path | None = None
+    try:
+        data = _validated_data(config, objective, specs, accelerator)
+        parts = _build(found, config, objective, specs, accelerator, checkpoint, data)
+        if resume_dir is None:
+            made = _new_run_dir(accelerator, config, found)
+            lock = _lock(accelerator, made)
+            if accelerator.is_main_process:
+                record = {"objective_kwargs": objective_kwargs, **parts.record}
+                _write_config(
+                    made, found, merged, config, objective, record, accelerator
+                )
+        parts = dataclasses.replace(parts, run_dir=resume_dir or made, lock=lock)
+        return _assemble(parts, checkpoint, stop_after, gold_reward)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if made is not None and accelerator.is_main_process:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _lock(accelerator: Any, run_dir: Path | None) -> RunLock | None:
+    """The run directory's lock, taken by the main process."""
+    if run_dir is None or not accelerator.is_main_process:
+        return None
+    return RunLock(run_dir)
+
+
+def data_needs(
+    objective: Objective, specs: tuple[AbstractServiceSpec, ...]
+) -> frozenset[Need]:
+    """The objective's needs no service of the run fills (the data must)."""
+    provided = frozenset().union(*(spec.provides for spec in specs))
+    return objective.needs - provided
+
+
+def _validated_data(
+    config: TrainConfig,
+    objective: Objective,
+    specs: tuple[AbstractServiceSpec, ...],
+    accelerator: Any,
+) -> RunData:
+    """The whole data set, checked and encoded with the tokenizer alone (the
+    model is not loaded yet); warnings printed by the main process."""
+    tokenizer = load_tokenizer(resolve_model_path(config.model))
+    return load_run_data(
+        config,
+        tokenizer,
+        needs=data_needs(objective, specs),
+        warn=print_warning if accelerator.is_main_process else None,
+    )
+
+
+def _build(
+    recipe: Recipe,
+    config: TrainConfig,
+    objective: Objective,
+    specs: tuple[AbstractServiceSpec, ...],
+    accelerator: Any,
+    checkpoint: Path | None,
+    data: RunData,
+) -> "_Parts":
+    """Models and services, on the accelerator's device."""
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)
     # sharded weights are loaded into the sharded model (checkpoint.restore)
     sharded = sharding_of(config).shards_parameters
     policy, reference, tokenizer, model_path = load_models(
         config, objective.needs, checkpoint=None if sharded else checkpoint
     )
-    data = load_run_data(config, tokenizer)
     device = accelerator.device
     policy.to(device)
     if reference is not None:
@@ -226,12 +310,8 @@ def setup_run(
             accelerator=accelerator,
         ),
     )
-    run_dir = resume_dir or _new_run_dir(accelerator, config, found)
-    if resume_dir is None and accelerator.is_main_process:
-        record = {"objective_kwargs": objective_kwargs, "model_path": model_path}
-        _write_config(run_dir, found, merged, config, objective, record, accelerator)
-    parts = _Parts(
-        recipe=found,
+    return _Parts(
+        recipe=recipe,
         config=config,
         objective=objective,
         accelerator=accelerator,
@@ -239,9 +319,8 @@ def setup_run(
         services=services,
         data=data,
         tokenizer=tokenizer,
-        run_dir=run_dir,
+        record={"model_path": model_path},
     )
-    return _assemble(parts, checkpoint, stop_after)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,10 +335,14 @@ class _Parts:
     services: tuple[Service, ...]
     data: RunData
     tokenizer: Any
-    run_dir: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path = Path()
+    lock: RunLock | None = None
 
 
-def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) -> Run:
+def _assemble(
+    parts: _Parts, checkpoint: Path | None, stop_after: int | None, gold_reward: Any
+) -> Run:
     """Optimiser, schedule, progress and logging around the built parts."""
     config, accelerator, models = parts.config, parts.accelerator, parts.models
     data, services, run_dir = parts.data, parts.services, parts.run_dir
@@ -296,29 +379,35 @@ def _assemble(parts: _Parts, checkpoint: Path | None, stop_after: int | None) ->
         progress=Progress(total_steps=steps[0], stop=stop, steps_per_epoch=steps[1]),
         metrics=MetricsAccumulator(accelerator.device),
         log=(
-            MetricsLog(run_dir, config.report_to)
+            MetricsLog(run_dir, config.report_to, resume_step=_step_of(checkpoint))
             if accelerator.is_main_process
             else None
         ),
         eval_loader=_eval_loader(config, data, models.pad_token_id),
         reference_calls_before=getattr(models.reference, "calls", 0),
         resumed=checkpoint is not None,
-        gold_reward=resolve_gold(config.dataset, config.gold),
+        gold_reward=gold_reward,
         scores=EvalScores(run_dir) if accelerator.is_main_process else None,
         sharding=sharding,
+        lock=parts.lock,
     )
     if checkpoint is not None:
         checkpoints.restore(run, checkpoint)
+        run.progress.saved_at = run.progress.step  # that checkpoint exists
         if accelerator.is_main_process:
             truncate_metrics(run_dir, run.progress.step)
     run.metrics.reset(run.progress.step)
     return run
 
 
+def _step_of(checkpoint: Path | None) -> int | None:
+    return None if checkpoint is None else int(checkpoint.name.split("-")[-1])
+
+
 def load_saved_run(run_dir: Path) -> SavedRun:
     """The models, data and services of a saved run at its latest checkpoint
     (nothing is created: a missing cache or service file is an error)."""
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = read_run_config(run_dir)
     recipe = recipe_of_run(run_dir, saved)
     config, _, objective = resolve(recipe, saved["overrides"])
     specs = check_run(config, objective)
@@ -494,6 +583,7 @@ __all__ = [
     "SavedRun",
     "check_run",
     "config_services",
+    "data_needs",
     "load_saved_run",
     "resolve_run",
     "setup_run",

@@ -104,6 +104,12 @@ class FullySharded(Sharding):
     shards_parameters = True
 
     def check(self, config: TrainConfig) -> None:
+        if config.save_only_model:
+            raise ValueError(
+                "TrainConfig.save_only_model: not supported with sharding='fsdp2' "
+                "(its checkpoints are the shards of the trained state; the last one "
+                "also holds the consolidated model)"
+            )
         if config.sync_ref_model:
             raise ValueError(
                 "TrainConfig.sync_ref_model: not supported with sharding='fsdp2' (the "

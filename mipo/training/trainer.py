@@ -14,17 +14,19 @@ Python API::
     result.run_dir, result.metrics, result.eval
 """
 
-import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
 
-from mipo.errors import NonFiniteLossError, TrainingStopped
+from mipo.errors import TrainingInterrupted
 from mipo.training import checkpoint as checkpoints
 from mipo.training.cli import OverrideError, help_text, parse_command_line, with_preset
+from mipo.training.command import mark_run_time, run_command
 from mipo.training.evaluate import evaluate_run, evaluate_step
-from mipo.training.loop import fit
+from mipo.training.interrupts import StopRequest, interrupted_message
+from mipo.training.loop import fit, stopping
 from mipo.training.recipes import Recipe, load_recipe
 from mipo.training.run_dir import write_json, write_plots
 from mipo.training.services.learned_prior import PRIOR_FILE
@@ -75,15 +77,20 @@ def train(
             were interrupted (the schedule still follows the full length).
         progress: show the tqdm progress bar.
     """
+    run = setup_run(recipe, overrides or {}, resume=resume, stop_after=stop_after)
+    try:
+        return _train(run, progress)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _train(run: Run, progress: bool) -> TrainResult:
+    """Evaluate before training, fit, finish; SIGINT or SIGTERM stop the fit
+    after its current step (:func:`_interrupted`)."""
     from tqdm.auto import tqdm
 
-    run = setup_run(recipe, overrides or {}, resume=resume, stop_after=stop_after)
     main_process = run.accelerator.is_main_process
-    if not run.resumed and run.gold_reward is not None and run.data.eval_records:
-        before = evaluate_step(run, 0)
-        if run.log is not None:
-            run.log.log(before)
-    run.metrics.restart_clock()
     bar = tqdm(
         total=run.progress.total_steps,
         initial=run.progress.step,
@@ -92,13 +99,57 @@ def train(
         dynamic_ncols=True,
     )
     try:
-        fit(run, bar)
-    except (NonFiniteLossError, TrainingStopped):
+        with StopRequest() as request:
+            run.stop_request = request
+            if (
+                not run.resumed
+                and run.gold_reward is not None
+                and run.data.eval_records
+            ):
+                before = evaluate_step(run, 0)
+                if run.log is not None:
+                    run.log.log(before)
+            run.metrics.restart_clock()
+            fit(run, bar)
+            stopped = stopping(run) and run.progress.step < run.progress.stop
+    except BaseException as error:
         bar.close()
         _close(run)
+        mark_run_time(error)
         raise
     bar.close()
+    if stopped:
+        _interrupted(run, request.name)
     return _finish(run)
+
+
+def _interrupted(run: Run, signal_name: str) -> None:
+    """After a signal: checkpoint the last finished step, close the outputs and
+    raise :class:`~mipo.errors.TrainingInterrupted` with the resume command (a
+    new run stopped before its first step is removed: nothing was trained)."""
+    progress = run.progress
+    name = signal_name or "signal"
+    if progress.step == 0 and not run.resumed:
+        _close(run)
+        if run.accelerator.is_main_process:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+        raise TrainingInterrupted(
+            f"{name} before the first step; nothing was trained, and the run "
+            "directory was removed"
+        )
+    if progress.saved_at != progress.step:
+        checkpoints.save(run)
+    _close(run)
+    message = interrupted_message(
+        name, progress.step, progress.total_steps, run.run_dir
+    )
+    if run.config.save_only_model:
+        message = (
+            f"{name} at step {progress.step}; checkpoint-{progress.step} written in "
+            f"{run.run_dir} without optimiser state (save_only_model), so the run "
+            "cannot be resumed"
+        )
+    raise TrainingInterrupted(message, run_dir=run.run_dir, step=progress.step)
 
 
 def _finish(run: Run) -> TrainResult:
@@ -136,34 +187,29 @@ def _close(run: Run) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    args = sys.argv[1:] if argv is None else argv
+    """Command-line entry point (errors in the common style of
+    :mod:`mipo.training.command`; ``--debug`` shows tracebacks)."""
+    run_command(_main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(args: list[str]) -> None:
     from mipo.training.launch import refuse_bad_launch
 
     refuse_bad_launch(args)
-    try:
-        command = parse_command_line(args)
-        if command.show_help:
-            recipe = load_recipe(command.recipe) if command.recipe else None
-            print(help_text(recipe))
-            return
-        overrides = command.overrides
-        if command.preset is not None:
-            recipe = load_recipe(command.recipe) if command.recipe else None
-            if recipe is None:
-                raise OverrideError("--preset needs a recipe")
-            overrides = with_preset(recipe, command.preset, overrides)
-        train(command.recipe, overrides, resume=command.resume)
-    except (OverrideError, FileNotFoundError, ImportError, ValueError) as error:
-        if os.environ.get("MIPO_DEBUG") == "1":
-            raise
-        print(f"mipo: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (TrainingStopped, NonFiniteLossError) as error:
-        if os.environ.get("MIPO_DEBUG") == "1":
-            raise
-        print(f"mipo: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    command = parse_command_line(args)
+    if command.show_help:
+        recipe = load_recipe(command.recipe) if command.recipe else None
+        print(help_text(recipe))
+        return
+    overrides = command.overrides
+    if command.preset is not None:
+        recipe = load_recipe(command.recipe) if command.recipe else None
+        if recipe is None:
+            raise OverrideError(
+                "--preset: needs a recipe (python -m mipo.train RECIPE --preset NAME)"
+            )
+        overrides = with_preset(recipe, command.preset, overrides)
+    train(command.recipe, overrides, resume=command.resume)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,8 @@ def check_resumable(checkpoint: Path) -> None:
     state = torch.load(
         checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False, mmap=True
     )
-    if "optimizer" not in state:
+    sharded = (checkpoint / SHARDED_DIR).is_dir()  # its optimiser state is there
+    if "optimizer" not in state and not sharded:
         raise ConfigError(
             f"--resume: {checkpoint} was saved with --train.save_only_model=true and "
             "holds no optimiser state, so the run cannot continue exactly; start a "

@@ -70,9 +70,14 @@ class RunLock:
 
     def release(self) -> None:
         """Give the lock up (idempotent)."""
-        if not self.handle.closed:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
+        handle = getattr(self, "handle", None)  # absent if opening failed
+        if handle is not None and not handle.closed:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    def __del__(self) -> None:
+        # a run set up but never trained (a tool, a test) lets go of it too
+        self.release()
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

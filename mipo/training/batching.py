@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mipo.batch import PairBatch, Side
 from mipo.needs import Need, Scope, Source
+from mipo.training.attention import prepare_packed_attention
 from mipo.training.loaders import IndexedBatch
 from mipo.training.logps import (
     IGNORE_INDEX,
@@ -191,6 +192,7 @@ class BatchBuilder:
         )
         positions, packed = None, None
         if self.padding_free:
+            _prepare_packing(models)
             packed = pack_sequences(run_ids, run_mask, run_labels)
             run_ids, run_mask = packed.input_ids, None
             run_labels, positions = packed.labels, packed.position_ids
@@ -300,6 +302,15 @@ class BatchBuilder:
                 fields |= {k: v[part] for k, v in values.items() if isinstance(k, str)}
             sides[name] = Side(**fields)
         return sides
+
+
+def _prepare_packing(models: Models) -> None:
+    """Every model of a packed forward attends within each sequence without a
+    dense mask (:func:`mipo.training.attention.prepare_packed_attention`)."""
+    prepare_packed_attention(models.policy)
+    reference_model = getattr(models.reference, "model", None)
+    if reference_model is not None:
+        prepare_packed_attention(reference_model)
 
 
 def check_served(needs: frozenset[Need], provided: frozenset[Need]) -> None:

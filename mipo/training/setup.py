@@ -28,7 +28,8 @@ from mipo.training.config import TrainConfig
 from mipo.training.gold import resolve_gold
 from mipo.training.loaders import RunData, load_run_data, make_loader
 from mipo.training.metrics import MetricsAccumulator
-from mipo.training.models import check_reference_kind, load_models
+from mipo.training.models import check_reference_kind, default_device, load_models
+from mipo.training.precision import enable_tf32
 from mipo.training.recipes import (
     Recipe,
     is_composed,
@@ -188,10 +189,11 @@ def setup_run(
     config, objective_kwargs, objective = resolve(found, merged)
     specs = check_run(config, objective)
     accelerator = _accelerator(config)
+    enable_tf32(accelerator.device, config.tf32)
     set_seed(config.seed)
     checkpoint = latest_checkpoint(resume_dir) if resume_dir is not None else None
     policy, reference, tokenizer, model_path = load_models(
-        config, objective.needs, checkpoint=checkpoint
+        config, objective.needs, checkpoint=checkpoint, device=accelerator.device
     )
     data = load_run_data(config, tokenizer)
     device = accelerator.device
@@ -313,10 +315,11 @@ def load_saved_run(run_dir: Path) -> SavedRun:
     config, _, objective = resolve(recipe, saved["overrides"])
     specs = check_run(config, objective)
     checkpoint = latest_checkpoint(run_dir)
+    device = default_device()
+    enable_tf32(device, config.tf32)
     policy, reference, tokenizer, model_path = load_models(
-        config, objective.needs, checkpoint=checkpoint
+        config, objective.needs, checkpoint=checkpoint, device=device
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy.to(device)
     if reference is not None:
         reference.to(device)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mipo.needs import Need
 from mipo.services import AnchorSampling, MarginalFit
 from mipo.training.logps import IGNORE_INDEX
+from mipo.training.precision import autocast
 from mipo.training.services.anchor import generate_anchor
 from mipo.training.services.base import Forward, Models, Service, ServiceSetup
 from mipo.typing import TokenLogps
@@ -41,21 +42,31 @@ class LogitBiasPrior(nn.Module):
         head: nn.Module,
         labels: Int[Tensor, "batch length"],
         *,
-        chunk_rows: int = 4,
+        chunk_tokens: int = 256,
     ) -> TokenLogps:
         r"""$\log\zeta_\phi(y_t|s_t)$ on the shifted axis (0 where the label is
-        ignored), without gradient: a constant inside $J$."""
+        ignored), without gradient: a constant inside $J$.
+
+        The positions go through the head ``chunk_tokens`` at a time, so at most
+        ``[chunk_tokens, vocab]`` logits exist at once (never ``[batch, length,
+        vocab]``); the chunks are fixed slices of the flattened positions, which
+        needs no host sync."""
         shifted = labels[:, 1:]
-        rows = []
+        states = reference_hidden[:, :-1].reshape(-1, reference_hidden.shape[-1])
+        targets = shifted.reshape(-1)
+        parts = []
         with torch.no_grad():
-            for start in range(0, shifted.shape[0], chunk_rows):
-                hidden = reference_hidden[start : start + chunk_rows, :-1]
-                logits = head(hidden).float() + self.bias.float()
-                target = shifted[start : start + chunk_rows]
+            for start in range(0, targets.shape[0], chunk_tokens):
+                part = slice(start, start + chunk_tokens)
+                logits = head(states[part]).float() + self.bias.float()
+                target = targets[part]
                 ids = target.clamp(min=0).unsqueeze(-1)
                 picked = torch.log_softmax(logits, dim=-1).gather(-1, ids).squeeze(-1)
-                rows.append(torch.where(target == IGNORE_INDEX, 0.0, picked))
-        return torch.cat(rows).detach()
+                parts.append(torch.where(target == IGNORE_INDEX, 0.0, picked))
+        values = (
+            torch.cat(parts) if parts else targets.new_zeros(0, dtype=torch.float32)
+        )
+        return values.reshape(shifted.shape).detach()
 
     def fit(
         self,
@@ -165,12 +176,19 @@ class MarginalFitService(Service, spec=MarginalFit):
         vocab = setup.models.policy.get_output_embeddings().weight.shape[0]
         self.module = LogitBiasPrior(vocab).to(setup.device)
         self.last_fit: dict[str, float] = {}
+        self.precision = setup.config.precision
+        self.device = setup.device
 
     def before_step(self, step: int, batch: Any, models: Models) -> None:
         if step % self.spec.update_every != 0:
             return
-        # the Blahut-Arimoto prior step, outside J
-        self.last_fit = fit_prior_to_policy(
+        # the Blahut-Arimoto prior step, outside J, in the run's precision (the
+        # bias itself is fitted in float32)
+        with autocast(self.precision, self.device):
+            self.last_fit = self._fit(batch, models)
+
+    def _fit(self, batch: Any, models: Models) -> dict[str, float]:
+        return fit_prior_to_policy(
             self.module,
             self.spec,
             models.policy,

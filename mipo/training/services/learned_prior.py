@@ -75,6 +75,7 @@ class LogitBiasPrior(nn.Module):
         *,
         steps: int,
         learning_rate: float,
+        chunk_tokens: int = 256,
     ) -> tuple[float, float]:
         r"""Maximise $\frac1N\sum_n \log\operatorname{softmax}(o_n + \phi)_{y_n}$ over
         $\phi$ by plain gradient descent; returns the mean negative
@@ -83,24 +84,38 @@ class LogitBiasPrior(nn.Module):
         empirical token frequencies) and its Hessian is at most $\frac12 I$, so a
         rate up to 2 is stable. Plain descent on purpose: Adam's per-coordinate
         normalisation moves every one of the $V$ biases by about the rate per
-        step, even for tokens the samples never contain."""
-        logits = reference_logits.detach().float()
+        step, even for tokens the samples never contain.
 
-        def nll() -> Tensor:
-            logps = torch.log_softmax(logits + self.bias.float(), dim=-1)
-            return -logps.gather(-1, tokens.unsqueeze(-1)).mean()
+        The log-softmax and its gradient run over ``chunk_tokens`` samples at a
+        time (each chunk's mean weighted by its share, gradients accumulated),
+        so besides the given logits at most ``[chunk_tokens, vocab]`` values
+        exist at once; with one chunk this is the plain mean."""
+        logits = reference_logits.detach().float()
+        count = tokens.shape[0]
+        chunks = [
+            slice(start, start + chunk_tokens)
+            for start in range(0, count, chunk_tokens)
+        ]
+
+        def nll(part: slice) -> Tensor:
+            logps = torch.log_softmax(logits[part] + self.bias.float(), dim=-1)
+            mean = -logps.gather(-1, tokens[part].unsqueeze(-1)).mean()
+            return mean if len(chunks) == 1 else mean * (logps.shape[0] / count)
+
+        def value() -> float:
+            with torch.no_grad():
+                return float(sum(nll(part) for part in chunks))
 
         optimiser = torch.optim.SGD([self.bias], lr=learning_rate)
+        before = value()
         with torch.enable_grad():
-            before = float(nll().detach())
             for _ in range(steps):
                 optimiser.zero_grad(set_to_none=True)
-                loss = nll()
-                loss.backward()
+                for part in chunks:
+                    nll(part).backward()
                 optimiser.step()
             self.bias.grad = None
-        with torch.no_grad():
-            return before, float(nll())
+        return before, value()
 
 
 def fit_prior_to_policy(

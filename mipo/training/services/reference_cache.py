@@ -1,4 +1,4 @@
-"""The precomputed reference: token log-probs of the initial policy, computed
+r"""The precomputed reference: token log-probs of the initial policy, computed
 once per data set and model, cached on disk, and read back instead of a
 reference forward (``TrainConfig.reference="precomputed"``).
 

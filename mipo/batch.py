@@ -10,9 +10,20 @@ outside ``response_mask``.
 Only ``policy_logps`` and ``response_mask`` are always present. Everything else
 is optional and supplied by the trainer only when the objective declares the
 matching :class:`~mipo.needs.Need`.
+
+Construction checks every field's shape, dtype and device (free), and two
+*values*: every response has a token, and example weights are finite and
+non-negative. A value check reads the tensor back to the host, which on an
+accelerator waits for all queued work (a host sync). Inside
+:func:`values_checked`, a caller that has checked the values itself (the
+trainer's batch builder does it once per micro-batch, for every side at
+once) skips them.
 """
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import final
 
@@ -28,6 +39,20 @@ from mipo.typing import (
     TokenValues,
     TokenWeights,
 )
+
+_VALUE_CHECKS: ContextVar[bool] = ContextVar("mipo_batch_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def values_checked() -> Iterator[None]:
+    """Sides and pair batches built in the block skip the value checks (the
+    caller has made them); shapes, dtypes and devices are still checked."""
+    token = _VALUE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
 
 _TOKEN_FLOAT_FIELDS = (
     "policy_logps",
@@ -143,6 +168,8 @@ def validate_side(side: Side, name: str) -> None:
             )
     first = side.first_token_attribution
     _validate_per_row(first, mask, f"{name}.first_token_attribution")
+    if not _VALUE_CHECKS.get() or bool(mask.any(dim=-1).all()):
+        return
     empty = (~mask.any(dim=-1)).nonzero().flatten().tolist()
     if empty:
         raise BatchError(
@@ -197,11 +224,11 @@ class PairBatch:
         if self.anchor is not None:
             sides["anchor"] = self.anchor
         for name, side in sides.items():
+            # a Side checked itself when it was built (it is frozen)
             if not isinstance(side, Side):
                 raise BatchError(
                     f"{name}: expected a mipo.Side, got {type(side).__name__}"
                 )
-            validate_side(side, name)
         size = self.chosen.response_mask.shape[0]
         for name, side in sides.items():
             rows = side.response_mask.shape[0]
@@ -226,7 +253,7 @@ class PairBatch:
                 raise BatchError(
                     f"example_weights: expected a floating dtype, got {weights.dtype}"
                 )
-            if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            if _VALUE_CHECKS.get() and not bool(valid_weights(weights)):
                 raise BatchError("example_weights: must be finite and non-negative")
 
     @property
@@ -239,4 +266,9 @@ class PairBatch:
         return dataclasses.replace(self, chosen=self.rejected, rejected=self.chosen)
 
 
-__all__ = ["PairBatch", "Side", "validate_side"]
+def valid_weights(weights: Tensor) -> Tensor:
+    """A 0-d boolean tensor: every example weight is finite and non-negative."""
+    return (torch.isfinite(weights) & (weights >= 0)).all()
+
+
+__all__ = ["PairBatch", "Side", "validate_side", "valid_weights", "values_checked"]

@@ -22,7 +22,7 @@ from typing import final
 import torch
 from torch import Tensor
 
-from mipo.batch import PairBatch, Side
+from mipo.batch import PairBatch, Side, values_checked
 from mipo.errors import BatchError, CompositionError, NonFiniteLossError
 from mipo.needs import Need
 from mipo.primitives.link import LogSigmoidLink
@@ -77,6 +77,8 @@ class LossOutput:
         chosen_rewards: beta * r(y_w), detached (TRL's ``rewards/chosen``).
         rejected_rewards: beta * r(y_l), detached.
         metrics: detached scalars under TRL's names plus ``terms/<name>``.
+        parts: each pair's value of every part of ``per_pair``, detached:
+            ``link`` and ``terms/<name>`` (what :func:`non_finite_message` names).
     """
 
     loss: Scalar
@@ -85,6 +87,7 @@ class LossOutput:
     chosen_rewards: PerPair
     rejected_rewards: PerPair
     metrics: Mapping[str, Tensor] = field(default_factory=dict)
+    parts: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 _SLOTS: tuple[tuple[str, type], ...] = (
@@ -109,7 +112,9 @@ class Objective:
         beta: the scale (MI-DPO's alpha, DPO's beta), > 0.
         terms: named extra terms outside the link.
         check_finite: raise :class:`~mipo.errors.NonFiniteLossError` when the loss
-            is NaN or infinite, naming the part that is (one host sync per call).
+            is NaN or infinite, naming the part that is (one host sync per call;
+            the trainer turns it off and checks every micro-batch's loss at the
+            optimiser step, with the gradient norm, in one sync).
 
     The parts read batch fields (:attr:`needs`); some ask the trainer for a
     model-side service that fills them (:attr:`services`, :mod:`mipo.services`).
@@ -244,8 +249,10 @@ class Objective:
             loss = per_pair.mean()
         else:
             loss = (batch.example_weights * per_pair).mean()
+        parts = {"link": link_loss.detach()}
+        parts |= {f"terms/{k}": v.detach() for k, v in term_values.items()}
         if self.check_finite and not bool(torch.isfinite(loss)):
-            _raise_non_finite(link_loss, term_values)
+            raise NonFiniteLossError(non_finite_message(parts))
         chosen_rewards = (self.beta * chosen_reward).detach()
         rejected_rewards = (self.beta * rejected_reward).detach()
         metrics = _metrics(batch, chosen_rewards, rejected_rewards, loss, term_values)
@@ -256,6 +263,7 @@ class Objective:
             chosen_rewards=chosen_rewards,
             rejected_rewards=rejected_rewards,
             metrics=metrics,
+            parts=parts,
         )
 
 
@@ -266,13 +274,15 @@ def _upcast(batch: PairBatch) -> PairBatch:
     if dtype in (torch.float32, torch.float64):
         return batch
     changes: dict[str, object] = {}
-    for name in (f.name for f in dataclasses.fields(batch)):
-        value = getattr(batch, name)
-        if isinstance(value, Side):
-            changes[name] = _side_to(value, torch.float32)
-        elif isinstance(value, Tensor) and value.is_floating_point():
-            changes[name] = value.float()
-    return dataclasses.replace(batch, **changes)
+    # the values were checked when the batch was built; only dtypes change
+    with values_checked():
+        for name in (f.name for f in dataclasses.fields(batch)):
+            value = getattr(batch, name)
+            if isinstance(value, Side):
+                changes[name] = _side_to(value, torch.float32)
+            elif isinstance(value, Tensor) and value.is_floating_point():
+                changes[name] = value.float()
+        return dataclasses.replace(batch, **changes)
 
 
 def _side_to(side: Side, dtype: torch.dtype) -> Side:
@@ -284,15 +294,16 @@ def _side_to(side: Side, dtype: torch.dtype) -> Side:
     return dataclasses.replace(side, **changes)
 
 
-def _raise_non_finite(link_loss: PerPair, term_values: Mapping[str, Tensor]) -> None:
-    parts = {"link": link_loss, **{f"terms/{k}": v for k, v in term_values.items()}}
+def non_finite_message(parts: Mapping[str, Tensor]) -> str:
+    """Which parts of a non-finite loss are not finite, and at which pairs
+    (reads the values to the host: for the error path only)."""
     bad = [
         f"{name} (pairs {(~torch.isfinite(v)).nonzero().flatten().tolist()})"
         for name, v in parts.items()
         if not bool(torch.isfinite(v).all())
     ]
     where = ", ".join(bad) if bad else "per-example weighting"
-    raise NonFiniteLossError(f"non-finite loss from {where}")
+    return f"non-finite loss from {where}"
 
 
 def _metrics(
@@ -317,4 +328,4 @@ def _metrics(
     return metrics
 
 
-__all__ = ["LossOutput", "Objective", "Term"]
+__all__ = ["LossOutput", "Objective", "Term", "non_finite_message"]

@@ -42,11 +42,20 @@ differ by that much.
 
 Zero-mass entries ($a_i = 0$ or $b_j = 0$: prompt and padding positions) get
 $\log u_i = -\infty$ (resp. $\log v_j$), so their plan rows and columns are exactly 0.
+
+**Full precision.** The cost (pairwise distances through matrix products) and
+the iteration's ``bmm`` need full float32: TensorFloat-32's 10-bit mantissa, which
+a run enables for its float32 matrix products on CUDA, would perturb the
+distances by about $10^{-3}$ of their size and move the plan's fixed point, and a
+bfloat16 autocast would do worse. :func:`full_precision` turns both off around
+the OT step (OTPO's ``TransportTokenWeights.plan``).
 """
 
 import abc
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import final
 
@@ -58,6 +67,22 @@ from mipo.errors import CompositionError
 
 _GUARD = 1e-16  # POT adds it to K v and K^T u before dividing
 _CHECK_EVERY = 10  # POT tests convergence at iteration 0 and every 10th
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Float32 matrix products in full IEEE float32 (no TensorFloat-32) and no
+    autocast on ``device`` while the block runs; the previous settings after."""
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    if device.type == "cuda" and previous != "ieee":
+        matmul.fp32_precision = "ieee"
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        if matmul.fp32_precision != previous:
+            matmul.fp32_precision = previous
 
 
 class SinkhornConvergenceWarning(RuntimeWarning):
@@ -212,6 +237,7 @@ class TorchSinkhorn(AbstractTransportSolver):
 
 
 __all__ = [
+    "full_precision",
     "AbstractTransportSolver",
     "SinkhornConvergenceWarning",
     "TorchSinkhorn",

@@ -59,7 +59,7 @@ def test_zero_bias_is_the_reference() -> None:
         [[-100, -100, 4, 2, 7], [-100, 1, 3, -100, -100]] * 1 + [[0] * 5]
     )
     prior = LogitBiasPrior(11)
-    got = prior.token_logps(hidden, head, labels, chunk_rows=2)
+    got = prior.token_logps(hidden, head, labels, chunk_tokens=5)  # 12 positions
     reference = torch.log_softmax(head(hidden[:, :-1]), -1)
     target = labels[:, 1:]
     expected = reference.gather(-1, target.clamp(min=0)[..., None])[..., 0]

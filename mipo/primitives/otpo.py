@@ -42,7 +42,12 @@ from mipo.batch import PairBatch
 from mipo.errors import BatchError, CompositionError
 from mipo.needs import Need
 from mipo.primitives.weighter import AbstractTokenWeighter
-from mipo.sinkhorn import AbstractTransportSolver, TorchSinkhorn, check_eps_tau
+from mipo.sinkhorn import (
+    AbstractTransportSolver,
+    TorchSinkhorn,
+    check_eps_tau,
+    full_precision,
+)
 from mipo.typing import PerPair, TokenWeights
 
 _DISTANCE_OFFSET = 1e-6  # the authors add it to every distance (cdist + 1e-6)
@@ -183,16 +188,18 @@ class TransportTokenWeights(AbstractTokenWeighter):
                 f"hidden states"
             )
         dtype = getattr(torch, self.precision)
-        cost = transport_cost(
-            chosen.hidden_states.detach().to(dtype),
-            rejected.hidden_states.detach().to(dtype),
-            chosen.response_mask,
-            rejected.response_mask,
-            normaliser=self.normaliser,
-        )
-        a = chosen.response_mask.to(dtype)
-        b = rejected.response_mask.to(dtype)
-        return self.solver(cost, a, b, eps=self.eps, tau=self.taus)
+        # full float32 or float64: no TF32, no autocast (mipo.sinkhorn)
+        with full_precision(chosen.hidden_states.device):
+            cost = transport_cost(
+                chosen.hidden_states.detach().to(dtype),
+                rejected.hidden_states.detach().to(dtype),
+                chosen.response_mask,
+                rejected.response_mask,
+                normaliser=self.normaliser,
+            )
+            a = chosen.response_mask.to(dtype)
+            b = rejected.response_mask.to(dtype)
+            return self.solver(cost, a, b, eps=self.eps, tau=self.taus)
 
     def __call__(self, batch: PairBatch) -> tuple[TokenWeights, TokenWeights]:
         gamma = self.plan(batch).detach()

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mipo.batch import PairBatch
+from mipo.batch import PairBatch, Side
 from mipo.objective import Objective
 from mipo.primitives.prior import AbstractPrior
 from mipo.primitives.weighter import AbstractTokenWeighter
@@ -306,11 +306,17 @@ def _source(args: argparse.Namespace) -> _Source:
 
 def _fresh(name: str, objective: Objective, config: Any) -> _Source:
     """Models and services of ``objective`` at the start of training."""
-    from mipo.training.models import load_models
+    from mipo.training.models import default_device, load_models
     from mipo.training.services import Models, ServiceSetup, build_services
 
-    policy, reference, tokenizer, model_path = load_models(config, objective.needs)
+    device = default_device()  # the accelerator when there is one
+    policy, reference, tokenizer, model_path = load_models(
+        config, objective.needs, device=device
+    )
     policy.eval()
+    policy.to(device)
+    if reference is not None:
+        reference.to(device)
     models = Models(
         policy=policy,
         reference=reference,
@@ -318,7 +324,7 @@ def _fresh(name: str, objective: Objective, config: Any) -> _Source:
         eos_token_id=tokenizer.eos_token_id,
     )
     setup = ServiceSetup(
-        config=config, models=models, device=torch.device("cpu"), model_path=model_path
+        config=config, models=models, device=device, model_path=model_path
     )
     services = build_services(objective.services, setup)
     return _Source(
@@ -338,6 +344,7 @@ def draw(source: _Source, args: argparse.Namespace) -> None:
     from mipo.data.load import load_records
     from mipo.data.tokenize import encode_record
     from mipo.training.batching import BatchBuilder
+    from mipo.training.precision import autocast
     from mipo.training.services import evaluating
 
     config, tokenizer = source.config, source.tokenizer
@@ -357,11 +364,28 @@ def draw(source: _Source, args: argparse.Namespace) -> None:
         services=source.services,
         chunk_size=config.logps_chunk_size or None,
     )
-    # no graph for the policy forward (attribution enables its own gradient)
+    device = next(source.models.policy.parameters()).device
+    # no graph for the policy forward (attribution enables its own gradient);
+    # the models' device and the run's precision, as in training
     with torch.no_grad(), evaluating(source.services):
-        batch = builder(source.models, tensors)
+        with autocast(config.precision, device):
+            batch = builder(source.models, tensors.to(device))
         chosen, rejected = token_weights(source.objective, batch)
+    batch, chosen, rejected = _to_cpu(batch, chosen, rejected)
     _write(source, args, encoded, tensors, batch, (chosen, rejected))
+
+
+def _to_cpu(batch: PairBatch, chosen: Any, rejected: Any) -> tuple[PairBatch, Any, Any]:
+    """The response masks and weights the pictures read, on the host."""
+    cpu = torch.device("cpu")
+    sides = {
+        role: Side(
+            policy_logps=getattr(batch, role).policy_logps.to(cpu),
+            response_mask=getattr(batch, role).response_mask.to(cpu),
+        )
+        for role in ("chosen", "rejected")
+    }
+    return PairBatch(**sides), chosen.to(cpu), rejected.to(cpu)
 
 
 def _write(

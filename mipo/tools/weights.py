@@ -55,6 +55,7 @@ from mipo.data.records import PreferenceRecord
 from mipo.data.tokenize import EncodedPair, encode_record
 from mipo.needs import NO_NEEDS
 from mipo.training.batching import BatchBuilder
+from mipo.training.models import default_device
 from mipo.training.services import Models
 
 _UNTRUNCATED = 1 << 30
@@ -103,6 +104,11 @@ def with_system(record: PreferenceRecord, system: str | None) -> PreferenceRecor
     return dataclasses.replace(record, prompt=prompt)
 
 
+CHUNK_SIZE = 256
+"""Response rows per chunk of the log-prob head: the full ``[batch, length,
+vocab]`` logits are never built."""
+
+
 def _completion_logps(
     model: torch.nn.Module,
     pairs: Sequence[EncodedPair],
@@ -110,9 +116,10 @@ def _completion_logps(
     device: torch.device,
 ) -> tuple[list[list[float]], list[list[float]]]:
     """Per completion token log-probs of chosen and rejected under ``model``,
-    through the trainer's batch builder (one forward, no other need)."""
+    through the trainer's batch builder (one forward, no other need, the
+    chunked head)."""
     tensors = collate(list(pairs), pad_token_id=pad_token_id).to(device)
-    batch = BatchBuilder(needs=NO_NEEDS)(
+    batch = BatchBuilder(needs=NO_NEEDS, chunk_size=CHUNK_SIZE)(
         Models(policy=model, pad_token_id=pad_token_id), tensors
     )
     out = []
@@ -273,6 +280,8 @@ def _load_model(name: str) -> tuple[torch.nn.Module, object]:
         path = smollm2_dir()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
+    # on the accelerator when there is one
+    model.to(default_device())
     return model, AutoTokenizer.from_pretrained(path)
 
 

@@ -25,14 +25,16 @@ runs.
 
 import contextlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mipo.batch import PairBatch, Side
+from mipo.batch import PairBatch, Side, valid_weights, values_checked
 from mipo.needs import Need, Scope, Source
+from mipo.training.attention import prepare_packed_attention
 from mipo.training.loaders import IndexedBatch
 from mipo.training.logps import (
     IGNORE_INDEX,
@@ -175,12 +177,14 @@ class BatchBuilder:
         forward = self._forward(models, stacked)
         for service in self.services:
             values |= service.after_forward(forward, batch, models)
-        sides = self._sides(forward, values, list(parts.items()))
         weights = tensors.example_weights
-        return PairBatch(
-            **sides,
-            example_weights=None if weights is None else weights.float(),
-        )
+        weights = None if weights is None else weights.float()
+        # one host sync checks the values of every side at once; a failure is
+        # built again with the sides' own checks, which name the field
+        checked = values_checked() if _values_ok(forward, weights) else nullcontext()
+        with checked:
+            sides = self._sides(forward, values, list(parts.items()))
+            return PairBatch(**sides, example_weights=weights)
 
     def _forward(self, models: Models, stacked: Stacked) -> Forward:
         """The reference forward (with the services' hooks) and the policy forward."""
@@ -191,6 +195,7 @@ class BatchBuilder:
         )
         positions, packed = None, None
         if self.padding_free:
+            _prepare_packing(models)
             packed = pack_sequences(run_ids, run_mask, run_labels)
             run_ids, run_mask = packed.input_ids, None
             run_labels, positions = packed.labels, packed.position_ids
@@ -300,6 +305,25 @@ class BatchBuilder:
                 fields |= {k: v[part] for k, v in values.items() if isinstance(k, str)}
             sides[name] = Side(**fields)
         return sides
+
+
+def _values_ok(forward: Forward, weights: Tensor | None) -> bool:
+    """Every stacked row has a response token and every example weight is
+    finite and non-negative (what :class:`~mipo.batch.PairBatch` checks per
+    side), read back in one host sync."""
+    checks = [forward.stats.response_mask.any(dim=-1).all()]
+    if weights is not None:
+        checks.append(valid_weights(weights))
+    return bool(torch.stack(checks).all())
+
+
+def _prepare_packing(models: Models) -> None:
+    """Every model of a packed forward attends within each sequence without a
+    dense mask (:func:`mipo.training.attention.prepare_packed_attention`)."""
+    prepare_packed_attention(models.policy)
+    reference_model = getattr(models.reference, "model", None)
+    if reference_model is not None:
+        prepare_packed_attention(reference_model)
 
 
 def check_served(needs: frozenset[Need], provided: frozenset[Need]) -> None:

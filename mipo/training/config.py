@@ -43,6 +43,19 @@ class TrainConfig:
         max_length: longest prompt + response in tokens.
         max_prompt_length: longest prompt in tokens after truncation.
         precision: ``"fp32"`` or ``"bf16"`` (mixed precision through accelerate).
+            Every forward of the run (policy, reference, precomputed reference
+            cache, evaluation, gold generation, prior fit) runs in it; a
+            ``bf16`` run holds the frozen reference's decoder matrices in
+            bfloat16 (:mod:`mipo.training.precision`).
+        tf32: on CUDA, let float32 matrix products use TensorFloat-32 (the
+            optimal-transport solver always runs in full float32).
+        attn_implementation: the models' attention: ``auto`` (``flash_attention_2``
+            on CUDA in bf16 when ``flash_attn`` is installed, else ``sdpa``),
+            ``sdpa``, ``eager``, ``flash_attention_2`` or ``flex_attention``
+            (CUDA only). Padding-free packing never builds a dense mask: ``sdpa``
+            runs once per packed sequence, flash and flex attention read the
+            sequence boundaries, and ``eager`` is refused
+            (:mod:`mipo.training.attention`).
         reference: ``"copy"`` (a frozen copy of the policy), ``"adapter_off"``
             (LoRA base with adapters disabled) or ``"precomputed"`` (reference
             log-probs computed once and cached; only for objectives that read
@@ -121,6 +134,10 @@ class TrainConfig:
     max_length: int = 128
     max_prompt_length: int = 96
     precision: Literal["fp32", "bf16"] = "fp32"
+    tf32: bool = True
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flash_attention_2", "flex_attention"
+    ] = "auto"
     reference: Literal["copy", "adapter_off", "precomputed"] = "copy"
     lora_rank: int = 0
     seed: int = 42
@@ -222,6 +239,10 @@ class TrainConfig:
         from mipo.training.reporting import parse_report_to
 
         parse_report_to(self.report_to)
+        if self.padding_free:
+            from mipo.training.attention import check_packable
+
+            check_packable(self.attn_implementation)
         if self.reference == "adapter_off" and self.lora_rank == 0:
             raise ValueError("TrainConfig.reference='adapter_off' needs lora_rank > 0")
 

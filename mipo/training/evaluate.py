@@ -14,7 +14,6 @@ r"""Held-out evaluation of a policy.
 run and writes ``eval.json`` there.
 """
 
-import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from torch import nn
 from mipo.needs import Need
 from mipo.objective import Objective
 from mipo.training.batching import BatchBuilder
+from mipo.training.precision import autocast
 from mipo.training.services.base import Models, Service, evaluating
 from mipo.training.stats import bootstrap_mean, interval_fields, wilson_interval
 
@@ -51,6 +51,7 @@ def evaluate_pairs(
     services: Sequence[Service] = (),
     chunk_size: int | None = None,
     correct: list[float] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float | int]:
     """Implicit-reward accuracy (with its 95 % bootstrap interval), margin, loss
     and chosen KL(pi||ref) per token.
@@ -59,7 +60,10 @@ def evaluate_pairs(
     evaluate (TI-DPO's triplet samples an anchor per pair). ``eval/loss`` is the
     link loss only. ``correct``, when given, receives 1.0 or 0.0 per pair.
     Batches come from the same :class:`BatchBuilder` as training, with the
-    services of the objective without its terms, in eval mode.
+    services of the objective without its terms, in eval mode, built in the
+    run's ``precision`` (the objective then runs outside autocast, as in
+    training). No autograd graph is kept: a service that takes gradients
+    (TI-DPO's attribution) enables them around its own computation only.
     """
     active = evaluation_services(objective, services)
     objective = dataclasses.replace(objective, terms=())
@@ -75,12 +79,11 @@ def evaluate_pairs(
     totals = {"margin": 0.0, "loss": 0.0, "pairs": 0}
     flags: list[float] = []
     kl_sum, kl_tokens = 0.0, 0.0
-    # services that take gradients (attribution) keep autograd on
-    grad = contextlib.nullcontext() if _needs_grad(active) else torch.no_grad()
     try:
-        with grad, evaluating(active):
+        with torch.no_grad(), evaluating(active):
             for batch in loader:
-                pair_batch = builder(models, batch.to(device))
+                with autocast(precision, device):
+                    pair_batch = builder(models, batch.to(device))
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards
                 flags += (chosen > rejected).double().tolist()
@@ -107,10 +110,6 @@ def evaluate_pairs(
     if wants_kl:
         result["eval/kl_reverse_per_token"] = kl_sum / max(kl_tokens, 1.0)
     return result
-
-
-def _needs_grad(services: Sequence[Service]) -> bool:
-    return any(service.needs_grad for service in services)
 
 
 def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
@@ -143,6 +142,7 @@ def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
         services=run.services,
         chunk_size=run.config.logps_chunk_size or None,
         correct=correct,
+        precision=run.config.precision,
     )
     if scores is not None:
         scores.add("correct", at_step, correct)
@@ -154,15 +154,16 @@ def _gold(
 ) -> list[float]:
     from mipo.training.gold import shared_gold_scores
 
-    return shared_gold_scores(
-        policy,
-        tokenizer,
-        records,
-        run.gold_reward,
-        device=run.device,
-        max_new_tokens=run.config.eval_max_new_tokens,
-        accelerator=run.accelerator,
-    )
+    with autocast(run.config.precision, run.device):
+        return shared_gold_scores(
+            policy,
+            tokenizer,
+            records,
+            run.gold_reward,
+            device=run.device,
+            max_new_tokens=run.config.eval_max_new_tokens,
+            accelerator=run.accelerator,
+        )
 
 
 def gold_accuracy(
@@ -215,16 +216,18 @@ def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
             device=saved.device,
             services=saved.services,
             chunk_size=saved.config.logps_chunk_size or None,
+            precision=saved.config.precision,
         )
     if gold_reward is not None and saved.data.eval_records:
-        after = gold_scores(
-            saved.models.policy,
-            saved.tokenizer,
-            saved.data.eval_records,
-            gold_reward,
-            device=saved.device,
-            max_new_tokens=saved.config.eval_max_new_tokens,
-        )
+        with autocast(saved.config.precision, saved.device):
+            after = gold_scores(
+                saved.models.policy,
+                saved.tokenizer,
+                saved.data.eval_records,
+                gold_reward,
+                device=saved.device,
+                max_new_tokens=saved.config.eval_max_new_tokens,
+            )
         result["eval/gold_prompts"] = len(after)
         result.update(interval_fields("eval/gold_reward", bootstrap_mean(after)))
     result["checkpoint"] = saved.checkpoint.name

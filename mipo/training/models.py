@@ -26,8 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from mipo.needs import Need
+from mipo.training.attention import check_packable, resolve_attention
 from mipo.training.config import TrainConfig
 from mipo.training.logps import final_hidden_states
+from mipo.training.precision import autocast, cast_reference_matrices, compute_dtype
 
 
 def reads_reference(needs: frozenset[Need]) -> bool:
@@ -100,11 +102,17 @@ def disable_dropout(model: nn.Module) -> None:
                 setattr(config, attribute, 0.0)
 
 
-def load_causal_lm(path: str) -> nn.Module:
-    """A causal LM in float32 (mixed precision is accelerate's job), dropout off."""
+def load_causal_lm(path: str, attn_implementation: str | None = None) -> nn.Module:
+    """A causal LM in float32 (mixed precision is accelerate's job), dropout off,
+    with ``attn_implementation`` (``None``: transformers' default)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    kwargs = (
+        {}
+        if attn_implementation is None
+        else {"attn_implementation": attn_implementation}
+    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     # A GGUF-converted config may still carry its quantisation block, which makes
     # Hugging Face tooling refuse to fine-tune.
     if getattr(model.config, "quantization_config", None) is not None:
@@ -159,14 +167,21 @@ def enable_gradient_checkpointing(policy: nn.Module) -> None:
 
 class AbstractReference(abc.ABC):
     """A reference model as the forward pass sees it: final hidden states and head,
-    never with gradient. Subclasses say how the reference forward runs."""
+    never with gradient, always in the run's precision (``precision``: it enters
+    :func:`mipo.training.precision.autocast` itself, whoever calls it).
+    Subclasses say how the reference forward runs."""
 
     model: nn.Module
     calls: int = 0
+    precision: str = "fp32"
 
     @abc.abstractmethod
     def _reference_mode(self) -> contextlib.AbstractContextManager[None]:
         """The context in which ``model`` computes the reference (no gradient)."""
+
+    def _in_precision(self) -> contextlib.AbstractContextManager[None]:
+        device = next(self.model.parameters()).device
+        return autocast(self.precision, device)
 
     def hidden_states(
         self,
@@ -178,7 +193,7 @@ class AbstractReference(abc.ABC):
         """Final hidden states ``[batch, length, hidden]`` (no gradient);
         ``position_ids`` with ``attention_mask=None`` for a packed row."""
         self.calls += 1
-        with self._reference_mode():
+        with self._reference_mode(), self._in_precision():
             return final_hidden_states(
                 self.model, input_ids, attention_mask, position_ids=position_ids
             )
@@ -208,11 +223,13 @@ class AbstractReference(abc.ABC):
 
 
 class FrozenCopyReference(AbstractReference):
-    """A frozen deep copy of the initial policy."""
+    """A frozen deep copy of the initial policy; in a ``bf16`` run its decoder
+    matrices are held in bfloat16 (:func:`~mipo.training.precision.cast_reference_matrices`)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, precision: str = "fp32") -> None:
         self.model = model
         self.calls = 0
+        self.precision = precision
 
     def _reference_mode(self) -> contextlib.AbstractContextManager[None]:
         return torch.no_grad()
@@ -283,9 +300,10 @@ class ShardedCopyReference(AbstractReference):
 class AdapterOffReference(AbstractReference):
     """The LoRA policy with its adapters disabled: the base model, no copy."""
 
-    def __init__(self, peft_model: nn.Module) -> None:
+    def __init__(self, peft_model: nn.Module, *, precision: str = "fp32") -> None:
         self.model = peft_model
         self.calls = 0
+        self.precision = precision
 
     @contextlib.contextmanager
     def _reference_mode(self) -> Iterator[None]:
@@ -312,6 +330,7 @@ def load_models(
     needs: frozenset[Need],
     *,
     checkpoint: str | Path | None = None,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, AbstractReference | None, Any, str]:
     """``(policy, reference, tokenizer, model_path)``.
 
@@ -321,11 +340,14 @@ def load_models(
         checkpoint: resume the policy from this ``checkpoint-N`` directory (full
             weights, or a LoRA adapter); the reference still comes from
             ``config.model``.
+        device: where the run computes (chooses the attention implementation;
+            ``None``: CUDA when available, else the CPU).
     """
     check_reference_kind(config, needs)
+    attention = model_attention(config, device)
     path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(path)
-    base = load_causal_lm(path)
+    base = load_causal_lm(path, attention)
     wants_reference = reads_reference(needs) and config.reference != "precomputed"
     reference: AbstractReference | None = None
     if config.lora_rank > 0:
@@ -341,20 +363,51 @@ def load_models(
                 dropout=config.lora_dropout,
                 target_modules=config.lora_target_modules,
             )
-        if wants_reference:
-            if config.reference == "adapter_off":
-                reference = AdapterOffReference(policy)
-            else:
-                frozen = load_causal_lm(path)
-                reference = FrozenCopyReference(_freeze(frozen))
+        if wants_reference and config.reference == "adapter_off":
+            reference = AdapterOffReference(policy, precision=config.precision)
+        elif wants_reference:
+            reference = frozen_reference(load_causal_lm(path, attention), config)
     else:
         if wants_reference:
-            reference = FrozenCopyReference(_freeze(copy.deepcopy(base)))
-        policy = load_causal_lm(str(checkpoint)) if checkpoint is not None else base
+            reference = frozen_reference(copy.deepcopy(base), config)
+        if checkpoint is not None:
+            base = load_causal_lm(str(checkpoint), attention)
+        policy = base
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     policy.train()
     return policy, reference, tokenizer, path
+
+
+def default_device() -> torch.device:
+    """Where the tools and a saved run's evaluation compute: the current CUDA
+    device when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_attention(config: TrainConfig, device: torch.device | None = None) -> str:
+    """The attention implementation the run's models load with
+    (:func:`mipo.training.attention.resolve_attention`); refuses padding-free
+    packing with one that would build a dense mask."""
+    name = resolve_attention(
+        config.attn_implementation,
+        device=device or default_device(),
+        precision=config.precision,
+    )
+    if config.padding_free:
+        check_packable(name)
+    return name
+
+
+def frozen_reference(model: nn.Module, config: TrainConfig) -> "FrozenCopyReference":
+    """``model`` frozen as the reference, in the run's precision: a ``bf16`` run
+    holds its decoder matrices in bfloat16, except when TR-DPO's soft update
+    trains it (``sync_ref_model``: rounding every update would drift)."""
+    _freeze(model)
+    dtype = compute_dtype(config.precision)
+    if dtype is not None and not config.sync_ref_model:
+        cast_reference_matrices(model, dtype)
+    return FrozenCopyReference(model, precision=config.precision)
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -371,10 +424,13 @@ __all__ = [
     "ReferenceTrunk",
     "ShardedCopyReference",
     "check_reference_kind",
+    "default_device",
     "add_lora",
     "disable_dropout",
     "enable_gradient_checkpointing",
+    "frozen_reference",
     "load_models",
+    "model_attention",
     "reads_reference",
     "resolve_model_path",
 ]

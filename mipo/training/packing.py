@@ -11,13 +11,16 @@ sequence:
     position_ids  [ 0  1  2 |  0  1 |  0  1  2  3]
 
 No compute is spent on padding. Attention must not cross sequence boundaries.
-Hugging Face ``transformers`` (5.x, ``masking_utils.find_packed_sequence_indices``)
-detects packing from ``position_ids`` whenever the 2-D ``attention_mask`` is
-``None``: flash-attention uses variable-length kernels, and the SDPA/eager
-implementations (the ones that run on CPU) get a block-diagonal causal mask
-built from the position restarts. So a packed forward is
+Hugging Face ``transformers`` (5.x) detects packing from ``position_ids``
+whenever the 2-D ``attention_mask`` is ``None``, so a packed forward is
 ``final_hidden_states(model, packed.input_ids, None,
-position_ids=packed.position_ids)``.
+position_ids=packed.position_ids)``. Flash-attention then runs its
+variable-length kernels and flex attention a block-sparse document mask;
+transformers' SDPA would build a dense ``[N, N]`` block-diagonal mask, so the
+batch builder switches an SDPA model to mipo's per-sequence SDPA first and
+refuses eager attention (:mod:`mipo.training.attention`). Packing reads the
+sequence lengths to the host once (:func:`pack_sequences`), and attention reuses
+them in every layer.
 
 The causal shift must not cross a boundary either: the last token of one
 sequence would otherwise "predict" the first token of the next. The packed
@@ -41,6 +44,7 @@ import torch
 from jaxtyping import Bool, Int, Shaped
 from torch import Tensor
 
+from mipo.training.attention import remember_segments
 from mipo.training.logps import IGNORE_INDEX, TokenStats
 
 
@@ -56,6 +60,7 @@ class PackedSequences:
         index: for each padded position ``[s, l]``, its packed position (0 on
             padding, which ``valid`` excludes).
         valid: True on the real (non-padding) tokens of the padded layout.
+        lengths: the length of every sequence, in order (on the host).
     """
 
     input_ids: Int[Tensor, "1 packed"]
@@ -63,6 +68,7 @@ class PackedSequences:
     labels: Int[Tensor, "1 packed"]
     index: Int[Tensor, "sequences length"]
     valid: Bool[Tensor, "sequences length"]
+    lengths: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -127,31 +133,42 @@ def pack_sequences(
         The packed row and the index to unpack it.
     """
     valid = attention_mask.bool()
+    count = valid.shape[0]
     lengths = valid.sum(-1)
     positions = torch.arange(valid.shape[1], device=valid.device)
-    right_padded = valid == (positions < lengths.unsqueeze(-1))
-    bad = (~right_padded.all(-1)).nonzero().flatten().tolist()
+    right_padded = (valid == (positions < lengths.unsqueeze(-1))).all(-1)
+    # the one device-to-host copy of packing: the lengths and the layout check
+    host = torch.cat([lengths, right_padded.long()]).tolist()
+    sizes, flags = host[:count], host[count:]
+    bad = [row for row, flag in enumerate(flags) if not flag]
     if bad:
         raise ValueError(
             f"pack_sequences: attention_mask rows {bad} are not right-padded (ones "
             f"then zeros); left-padded prompts cannot be packed"
         )
-    empty = (lengths == 0).nonzero().flatten().tolist()
+    empty = [row for row, size in enumerate(sizes) if size == 0]
     if empty:
         raise ValueError(f"pack_sequences: attention_mask rows {empty} are empty")
+    total = sum(sizes)
     starts = torch.cumsum(lengths, 0) - lengths
+    rows = torch.repeat_interleave(
+        torch.arange(count, device=valid.device), lengths, output_size=total
+    )
+    offsets = torch.arange(total, device=valid.device) - starts[rows]
     index = torch.where(valid, starts.unsqueeze(-1) + positions, 0)
-    position_ids = positions.expand_as(valid)[valid]
-    packed_labels = labels[valid].clone()
+    packed_labels = labels[rows, offsets].clone()
     # Nothing predicts a sequence's first token; masking it keeps the causal
     # shift from pairing one sequence's last state with the next one's start.
     packed_labels[starts] = IGNORE_INDEX
+    position_ids = offsets.unsqueeze(0)
+    remember_segments(position_ids, tuple(sizes))
     return PackedSequences(
-        input_ids=input_ids[valid].unsqueeze(0),
-        position_ids=position_ids.unsqueeze(0),
+        input_ids=input_ids[rows, offsets].unsqueeze(0),
+        position_ids=position_ids,
         labels=packed_labels.unsqueeze(0),
         index=index,
         valid=valid,
+        lengths=tuple(sizes),
     )
 
 

@@ -33,10 +33,12 @@ from mipo.training.loaders import RunData, load_run_data, make_loader
 from mipo.training.metrics import MetricsAccumulator
 from mipo.training.models import (
     check_reference_kind,
+    default_device,
     load_models,
     load_tokenizer,
     resolve_model_path,
 )
+from mipo.training.precision import enable_tf32
 from mipo.training.recipes import (
     Recipe,
     is_composed,
@@ -212,6 +214,7 @@ def setup_run(
     gold_reward = resolve_gold(config.dataset, config.gold)
     accelerator = _accelerator(config)
     sharding_of(config).check_processes(accelerator.num_processes)
+    enable_tf32(accelerator.device, config.tf32)
     checkpoint = latest_checkpoint(resume_dir) if resume_dir is not None else None
     if checkpoint is not None:
         checkpoints.check_resumable(checkpoint)
@@ -286,7 +289,10 @@ def _build(
     # sharded weights are loaded into the sharded model (checkpoint.restore)
     sharded = sharding_of(config).shards_parameters
     policy, reference, tokenizer, model_path = load_models(
-        config, objective.needs, checkpoint=None if sharded else checkpoint
+        config,
+        objective.needs,
+        checkpoint=None if sharded else checkpoint,
+        device=accelerator.device,
     )
     device = accelerator.device
     policy.to(device)
@@ -413,10 +419,11 @@ def load_saved_run(run_dir: Path) -> SavedRun:
     specs = check_run(config, objective)
     checkpoint = latest_checkpoint(run_dir)
     _check_consolidated(checkpoint)
+    device = default_device()
+    enable_tf32(device, config.tf32)
     policy, reference, tokenizer, model_path = load_models(
-        config, objective.needs, checkpoint=checkpoint
+        config, objective.needs, checkpoint=checkpoint, device=device
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy.to(device)
     if reference is not None:
         reference.to(device)

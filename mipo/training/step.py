@@ -1,33 +1,43 @@
 """One micro-step (batch, loss, backward) and one optimiser step of a run.
 
-Non-finite values never reach the weights. A micro-batch whose loss is NaN or
-infinite is not back-propagated, and an optimiser step whose gradient norm is
-not finite (including an infinite norm that clipping would scale to zero) is
-skipped: the gradients are zeroed and neither the parameters nor the optimiser
-moments change. A skipped step still counts as a step (the data position and
-the learning-rate schedule move on, so the run keeps its length); it is logged
-with its step, micro-batch and pair indices, and ``max_bad_steps`` consecutive
-skipped steps stop the run (:class:`~mipo.errors.TrainingStopped`).
+Non-finite values never reach the weights. An optimiser step is skipped when a
+micro-batch's loss is NaN or infinite or when its gradient norm is not finite
+(including an infinite norm that clipping would scale to zero): the gradients
+are zeroed and neither the parameters nor the optimiser moments change.
 
-Under several processes every process takes the same decision: a micro-batch
-whose loss is not finite on one process is skipped on all of them (each logs
-the failing process's reason and pairs), and the gradient norm is that of the
-averaged gradients, the same everywhere. The gradients of trained service
-modules, which no DDP or FSDP wrapper synchronises, are averaged over the
-processes before the norm is taken.
+Host syncs: a micro-step never reads a device value back (the batch builder's
+one value check aside). Its loss is back-propagated as it is, and its
+finiteness stays on the device until the optimiser step, which reads it with
+the gradient norm in one sync. A non-finite loss makes non-finite gradients or
+is caught there, and either way the step is skipped. Under several processes
+every rank then sees the same all-reduced gradients, where skipping the
+backward on one rank would leave the others waiting. A skipped step still
+counts as a step (the data position and the learning-rate schedule move on, so
+the run keeps its length); it is logged with its step, micro-batch and pair
+indices, and ``max_bad_steps`` consecutive skipped steps stop the run
+(:class:`~mipo.errors.TrainingStopped`).
+
+Under several processes every process takes the same decision: a step that is
+bad on one process (a non-finite loss of one of its micro-batches) is skipped
+on all of them, each logging the failing process's reason and pairs; the
+gradient norm is that of the averaged gradients, the same everywhere. The
+gradients of trained service modules, which no DDP or FSDP wrapper
+synchronises, are averaged over the processes before the norm is taken.
 """
 
 import contextlib
+import dataclasses
 import math
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mipo.errors import NonFiniteLossError, TrainingStopped
+from mipo.objective import non_finite_message
 from mipo.training.batching import count_tokens
 from mipo.training.distributed import any_process, average_gradients, gather_lists
 
@@ -51,13 +61,40 @@ class BadStep:
 
 
 @dataclass(kw_only=True, eq=False)
+class LossCheck:
+    """One micro-batch's loss finiteness, still on the device, and what names
+    it if it is not."""
+
+    finite: Tensor
+    parts: Any
+    micro_batch: int
+    indices: Tensor | None
+
+
+@dataclass(kw_only=True, eq=False)
 class StepState:
     """The current accumulation group: its metrics (added to the run's only when
-    the step is taken) and what made it bad, if anything."""
+    the step is taken), its losses' finiteness, and what made it bad, if
+    anything."""
 
     pending: list[tuple[Any, Tensor]]
+    checks: list[LossCheck] = field(default_factory=list)
     bad: BadStep | None = None
     consecutive_bad: int = 0
+    objective: Any = None
+    source: Any = None
+
+    def unchecked(self, objective: Any) -> Any:
+        """``objective`` without its own per-call finite check (one host sync
+        each; this module checks at the optimiser step instead)."""
+        if self.source is not objective:
+            self.source = objective
+            self.objective = (
+                dataclasses.replace(objective, check_finite=False)
+                if getattr(objective, "check_finite", False)
+                else objective
+            )
+        return self.objective
 
 
 def step_state(run: Any) -> StepState:
@@ -71,8 +108,10 @@ def step_state(run: Any) -> StepState:
 
 def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
     """Build the pair batch, compute the loss, back-propagate it (gradients are
-    synchronised across processes only when ``sync``); a non-finite loss marks
-    the step bad and is not back-propagated."""
+    synchronised across processes only when ``sync``). The loss's finiteness is
+    read at the optimiser step; a part that raises
+    :class:`~mipo.errors.NonFiniteLossError` marks the step bad on every
+    process, before any backward."""
     accelerator, progress = run.accelerator, run.progress
     state = step_state(run)
     if state.bad is not None:
@@ -83,30 +122,62 @@ def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
         with accelerator.autocast():
             pair_batch = run.builder(run.models, batch)
         try:
-            out, error = run.objective(pair_batch), None
-        except NonFiniteLossError as caught:
-            out, error = None, caught
-        # every process skips the micro-batch when one has a non-finite loss
-        if any_process(accelerator, error is not None):
-            state.bad = _agreed_bad_step(accelerator, error, batch, progress.consumed)
+            out, bad = state.unchecked(run.objective)(pair_batch), None
+        except NonFiniteLossError as error:  # raised by a part, not a check
+            out = None
+            bad = BadStep(
+                reason=str(error), micro_batch=progress.consumed, pairs=_pairs(batch)
+            )
+        # every process skips the backward when one could not compute its loss
+        # (a sync only under several processes)
+        if any_process(accelerator, bad is not None):
+            state.bad = _agreed_bad_step(accelerator, bad)
             return
         accelerator.backward(out.loss)
     state.pending.append((out.metrics, count_tokens(batch.tensors)))
-
-
-def _agreed_bad_step(
-    accelerator: Any, error: Exception | None, batch: Any, micro_batch: int
-) -> BadStep:
-    """The bad step every process records: the first failing process's reason
-    and pairs (each process reads its own micro-batch ``micro_batch``)."""
-    mine = [] if error is None else [(str(error), _pairs(batch))]
-    reason, pairs = gather_lists(accelerator, mine)[0]
-    return BadStep(reason=reason, micro_batch=micro_batch, pairs=pairs)
+    state.checks.append(
+        LossCheck(
+            finite=torch.isfinite(out.loss.detach()),
+            parts=getattr(out, "parts", {}),
+            micro_batch=progress.consumed,
+            indices=getattr(batch, "indices", None),
+        )
+    )
 
 
 def _pairs(batch: Any) -> list[int] | None:
-    indices = getattr(batch, "indices", None)
+    return _indices(getattr(batch, "indices", None))
+
+
+def _indices(indices: Tensor | None) -> list[int] | None:
     return None if indices is None else [int(i) for i in indices.tolist()]
+
+
+def _check_group(state: StepState, grad_norm: Any) -> BadStep | None:
+    """Read the gradient norm's and every micro-batch loss's finiteness in one
+    host sync; a bad loss is reported before a bad norm."""
+    norm = torch.as_tensor(grad_norm)
+    device = state.checks[0].finite.device if state.checks else norm.device
+    flags = [torch.isfinite(norm.to(device)).reshape(())]
+    flags += [check.finite.reshape(()) for check in state.checks]
+    norm_ok, *losses_ok = torch.stack(flags).tolist()
+    for check, ok in zip(state.checks, losses_ok, strict=True):
+        if not ok:
+            return BadStep(
+                reason=non_finite_message(check.parts),
+                micro_batch=check.micro_batch,
+                pairs=_indices(check.indices),
+            )
+    if not norm_ok:
+        return BadStep(reason=f"non-finite gradient norm ({float(grad_norm)})")
+    return None
+
+
+def _agreed_bad_step(accelerator: Any, bad: BadStep | None) -> BadStep:
+    """The bad step every process records: the first failing process's."""
+    mine = [] if bad is None else [(bad.reason, bad.micro_batch, bad.pairs)]
+    reason, micro_batch, pairs = gather_lists(accelerator, mine)[0]
+    return BadStep(reason=reason, micro_batch=micro_batch, pairs=pairs)
 
 
 def optimizer_step(run: Any) -> tuple[Tensor, float]:
@@ -117,13 +188,16 @@ def optimizer_step(run: Any) -> tuple[Tensor, float]:
     config, state = run.config, step_state(run)
     clip = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     learning_rate = run.scheduler.get_last_lr()[0]
+    if any_process(run.accelerator, state.bad is not None):
+        state.bad = _agreed_bad_step(run.accelerator, state.bad)
     if state.bad is None:
         # trained service modules are replicated: their gradients are averaged
         # over processes like the policy's, before the norm is taken
         average_gradients(run.accelerator, run.service_parameters())
         grad_norm = run.accelerator.clip_grad_norm_(run.clipped_parameters(), clip)
-        if not bool(torch.isfinite(torch.as_tensor(grad_norm))):
-            state.bad = BadStep(reason=f"non-finite gradient norm ({float(grad_norm)})")
+        state.bad = _check_group(state, grad_norm)
+        if any_process(run.accelerator, state.bad is not None):
+            state.bad = _agreed_bad_step(run.accelerator, state.bad)
     else:
         grad_norm = torch.tensor(float("nan"))
     if state.bad is None:
@@ -146,7 +220,7 @@ def settle_step(run: Any) -> BadStep | None:
     ``metrics.jsonl``), count consecutive bad steps and stop the run after
     ``max_bad_steps``; returns the bad step, if any, and starts the next group."""
     state, step = step_state(run), run.progress.step
-    bad, state.bad, state.pending = state.bad, None, []
+    bad, state.bad, state.pending, state.checks = state.bad, None, [], []
     if bad is None:
         state.consecutive_bad = 0
         return None

@@ -169,8 +169,9 @@ class Service:
         checkpoint_file: file name of its state inside ``checkpoint-N``.
         description: how errors name it ("mask model").
         supports_packing: False when it cannot run on padding-free packed rows.
-        needs_grad: True when it takes gradients itself (evaluation then keeps
-            autograd on around the batch build).
+        needs_grad: True when it takes gradients itself; it then enables them
+            around its own computation (evaluation and the tools build batches
+            under ``torch.no_grad``).
     """
 
     spec_type: ClassVar[type[AbstractServiceSpec]]

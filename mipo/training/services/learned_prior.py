@@ -22,6 +22,7 @@ from mipo.needs import Need
 from mipo.services import AnchorSampling, MarginalFit
 from mipo.training.distributed import sum_reducer
 from mipo.training.logps import IGNORE_INDEX
+from mipo.training.precision import autocast
 from mipo.training.services.anchor import generate_anchor
 from mipo.training.services.base import Forward, Models, Service, ServiceSetup
 from mipo.typing import TokenLogps
@@ -43,21 +44,31 @@ class LogitBiasPrior(nn.Module):
         head: nn.Module,
         labels: Int[Tensor, "batch length"],
         *,
-        chunk_rows: int = 4,
+        chunk_tokens: int = 256,
     ) -> TokenLogps:
         r"""$\log\zeta_\phi(y_t|s_t)$ on the shifted axis (0 where the label is
-        ignored), without gradient: a constant inside $J$."""
+        ignored), without gradient: a constant inside $J$.
+
+        The positions go through the head ``chunk_tokens`` at a time, so at most
+        ``[chunk_tokens, vocab]`` logits exist at once (never ``[batch, length,
+        vocab]``); the chunks are fixed slices of the flattened positions, which
+        needs no host sync."""
         shifted = labels[:, 1:]
-        rows = []
+        states = reference_hidden[:, :-1].reshape(-1, reference_hidden.shape[-1])
+        targets = shifted.reshape(-1)
+        parts = []
         with torch.no_grad():
-            for start in range(0, shifted.shape[0], chunk_rows):
-                hidden = reference_hidden[start : start + chunk_rows, :-1]
-                logits = head(hidden).float() + self.bias.float()
-                target = shifted[start : start + chunk_rows]
+            for start in range(0, targets.shape[0], chunk_tokens):
+                part = slice(start, start + chunk_tokens)
+                logits = head(states[part]).float() + self.bias.float()
+                target = targets[part]
                 ids = target.clamp(min=0).unsqueeze(-1)
                 picked = torch.log_softmax(logits, dim=-1).gather(-1, ids).squeeze(-1)
-                rows.append(torch.where(target == IGNORE_INDEX, 0.0, picked))
-        return torch.cat(rows).detach()
+                parts.append(torch.where(target == IGNORE_INDEX, 0.0, picked))
+        values = (
+            torch.cat(parts) if parts else targets.new_zeros(0, dtype=torch.float32)
+        )
+        return values.reshape(shifted.shape).detach()
 
     def fit(
         self,
@@ -67,6 +78,7 @@ class LogitBiasPrior(nn.Module):
         steps: int,
         learning_rate: float,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        chunk_tokens: int = 256,
     ) -> tuple[float, float]:
         r"""Maximise $\frac1N\sum_n \log\operatorname{softmax}(o_n + \phi)_{y_n}$ over
         $\phi$ by plain gradient descent; returns the mean negative
@@ -82,26 +94,41 @@ class LogitBiasPrior(nn.Module):
         every process: each step sums the per-process gradient sums and token
         counts, so every process takes the same step from the same $\phi$ and
         the bias stays identical everywhere (the fit of one process holding
-        all the samples)."""
+        all the samples).
+
+        The log-softmax and its gradient run over ``chunk_tokens`` samples at a
+        time (each chunk's mean weighted by its share, gradients accumulated),
+        so besides the given logits at most ``[chunk_tokens, vocab]`` values
+        exist at once; with one chunk this is the plain mean. (The shared fit
+        over several processes runs unchunked.)"""
         logits = reference_logits.detach().float()
         if reduce is not None:
             return self._fit_shared(logits, tokens, steps, learning_rate, reduce)
+        count = tokens.shape[0]
+        chunks = [
+            slice(start, start + chunk_tokens)
+            for start in range(0, count, chunk_tokens)
+        ]
 
-        def nll() -> Tensor:
-            logps = torch.log_softmax(logits + self.bias.float(), dim=-1)
-            return -logps.gather(-1, tokens.unsqueeze(-1)).mean()
+        def nll(part: slice) -> Tensor:
+            logps = torch.log_softmax(logits[part] + self.bias.float(), dim=-1)
+            mean = -logps.gather(-1, tokens[part].unsqueeze(-1)).mean()
+            return mean if len(chunks) == 1 else mean * (logps.shape[0] / count)
+
+        def value() -> float:
+            with torch.no_grad():
+                return float(sum(nll(part) for part in chunks))
 
         optimiser = torch.optim.SGD([self.bias], lr=learning_rate)
+        before = value()
         with torch.enable_grad():
-            before = float(nll().detach())
             for _ in range(steps):
                 optimiser.zero_grad(set_to_none=True)
-                loss = nll()
-                loss.backward()
+                for part in chunks:
+                    nll(part).backward()
                 optimiser.step()
             self.bias.grad = None
-        with torch.no_grad():
-            return before, float(nll())
+        return before, value()
 
     def _fit_shared(
         self,
@@ -211,12 +238,19 @@ class MarginalFitService(Service, spec=MarginalFit):
         self.last_fit: dict[str, float] = {}
         # fitted to the samples of every process, so the bias is the same on all
         self.reduce = sum_reducer(setup.accelerator)
+        self.precision = setup.config.precision
+        self.device = setup.device
 
     def before_step(self, step: int, batch: Any, models: Models) -> None:
         if step % self.spec.update_every != 0:
             return
-        # the Blahut-Arimoto prior step, outside J
-        self.last_fit = fit_prior_to_policy(
+        # the Blahut-Arimoto prior step, outside J, in the run's precision (the
+        # bias itself is fitted in float32)
+        with autocast(self.precision, self.device):
+            self.last_fit = self._fit(batch, models)
+
+    def _fit(self, batch: Any, models: Models) -> dict[str, float]:
+        return fit_prior_to_policy(
             self.module,
             self.spec,
             models.policy,

@@ -28,7 +28,7 @@ References:
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, final
 
@@ -275,7 +275,11 @@ class SparseMaskNetwork(nn.Module):
             nn.init.constant_(self.combine.weight, mixer_init / num_layers)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, states: Float[Tensor, "layers batch seq hidden"]) -> TokenWeights:
+    def forward(
+        self, states: Sequence[Float[Tensor, "batch seq hidden"]]
+    ) -> TokenWeights:
+        """The mask from one ``[batch, seq, hidden]`` state per layer (a list:
+        the layers are never stacked into one more copy)."""
         scores = [
             self.dropout(torch.relu(linear(self.norm(state))))
             for linear, state in zip(self.per_layer, states, strict=True)
@@ -324,7 +328,8 @@ class LearnedMaskModel(AbstractMaskModel):
     ) -> tuple[TokenWeights, TokenWeights]:
         layers = [*captured.get("layer", []), final_hidden.detach()]
         parameter = self.reward.combine.weight
-        states = torch.stack([s[:, :-1].to(parameter.dtype) for s in layers])
+        # views on the shifted axis (a copy only where the dtype differs)
+        states = [s[:, :-1].to(parameter.dtype) for s in layers]
         reward = self.reward(states)
         kl = reward if self.kl is None else self.kl(states)
         zero = torch.zeros_like(reward)

@@ -1,4 +1,4 @@
-"""The precomputed reference: token log-probs of the initial policy, computed
+r"""The precomputed reference: token log-probs of the initial policy, computed
 once per data set and model, cached on disk, and read back instead of a
 reference forward (``TrainConfig.reference="precomputed"``).
 
@@ -6,9 +6,17 @@ A run declares it through its settings rather than through a primitive
 (:func:`mipo.training.setup.config_services`); the objective may then read only
 reference token log-probs (the table of needs marks what a cache can serve).
 The cache lives in ``{output_dir}/.reference_cache/{key}.pt``, ``key`` a hash of
-the model files, the lengths and every encoded token id. Under several
-processes each computes a share of the batches; the main process writes the
-union, which every process then reads.
+the model files, the lengths, the precision, the attention implementation and
+every encoded token id. Under several processes each computes a share of the
+batches; the main process writes the union, which every process then reads.
+
+The log-probs are computed in the run's precision
+(:func:`mipo.training.precision.autocast`), as the policy's are, so that at the
+first step $\log\pi_\theta - \log\pi_{\mathrm{ref}}$ is 0 up to the rounding of
+batch shapes in ``bf16`` as in ``fp32``. Once loaded, the cache is one flat
+tensor on the run's device, checked against the data's response lengths once;
+each batch reads its rows by index with tensor operations alone (no host sync,
+no loop over rows).
 """
 
 import hashlib
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import final
 
 import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mipo.needs import Need
@@ -26,6 +35,8 @@ from mipo.training.config import TrainConfig
 from mipo.training.distributed import gather_lists
 from mipo.training.loaders import IndexedBatch, RunData, make_loader
 from mipo.training.logps import IGNORE_INDEX, final_hidden_states, token_stats
+from mipo.training.models import model_attention
+from mipo.training.precision import autocast
 from mipo.training.services.base import Forward, Models, Service, ServiceSetup
 
 Cache = dict[int, tuple[Tensor, Tensor]]
@@ -42,8 +53,11 @@ class ReferenceCache(AbstractServiceSpec):
         return frozenset({Need.REFERENCE_LOGPS})
 
 
-def cache_key(config: TrainConfig, model_path: str, data: RunData) -> str:
-    """Hash of the model files, the lengths and every encoded token id."""
+def cache_key(
+    config: TrainConfig, model_path: str, data: RunData, attention: str = "sdpa"
+) -> str:
+    """Hash of the model files, the lengths, the precision, the attention
+    implementation and every encoded token id."""
     digest = hashlib.sha256()
     model_dir = Path(model_path)
     if model_dir.is_dir():
@@ -57,6 +71,7 @@ def cache_key(config: TrainConfig, model_path: str, data: RunData) -> str:
     else:
         digest.update(model_path.encode())
     digest.update(f"{config.max_length}:{config.max_prompt_length}".encode())
+    digest.update(f"precision={config.precision}:attention={attention}".encode())
     for pair in data.train + data.eval:
         digest.update(
             json.dumps([pair.prompt_ids, pair.chosen_ids, pair.rejected_ids]).encode()
@@ -73,12 +88,14 @@ def compute_reference_logps(
     device: torch.device,
     chunk_size: int | None,
     part: tuple[int, int] = (0, 1),
+    precision: str = "fp32",
 ) -> dict[int, tuple[Tensor, Tensor]]:
-    """One pass of the initial policy (= the reference) over every pair: global
-    index -> (chosen, rejected) log-probs of the completion tokens, in order.
-    ``part=(k, n)`` computes only every ``n``-th batch from the ``k``-th (the
-    share of process ``k`` of ``n``; the batches are those of one process, so
-    the union of the parts equals the whole)."""
+    """One pass of the initial policy (= the reference) over every pair, in the
+    run's ``precision``: global index -> (chosen, rejected) log-probs of the
+    completion tokens, in order (float32). ``part=(k, n)`` computes only every
+    ``n``-th batch from the ``k``-th (the share of process ``k`` of ``n``; the
+    batches are those of one process, so the union of the parts equals the
+    whole)."""
     was_training = model.training
     model.eval()
     out: dict[int, tuple[Tensor, Tensor]] = {}
@@ -94,7 +111,7 @@ def compute_reference_logps(
     head = model.get_output_embeddings()
     batches = (batch for loader in loaders for batch in loader)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             for number, batch in enumerate(batches):
                 if number % part[1] != part[0]:
                     continue
@@ -109,7 +126,7 @@ def compute_reference_logps(
                     )
                     per_side.append(
                         [
-                            row[mask].cpu()
+                            row[mask].float().cpu()
                             for row, mask in zip(
                                 stats.policy_logps,
                                 stats.response_mask,
@@ -124,32 +141,91 @@ def compute_reference_logps(
     return out
 
 
-def lookup_reference(
-    cache: dict[int, tuple[Tensor, Tensor]], batch: IndexedBatch
-) -> tuple[Tensor, Tensor]:
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CachedLogps:
+    """A :data:`Cache` as tensors: every cached log-prob in one flat tensor
+    (pair by pair, chosen then rejected) with each side's start and length.
+
+    Args:
+        values: ``[tokens]`` the cached log-probs.
+        starts: ``[pairs, 2]`` where each pair's chosen (0) and rejected (1)
+            log-probs start in ``values`` (-1: not cached).
+        lengths: ``[pairs, 2]`` how many there are.
+    """
+
+    values: Tensor
+    starts: Tensor
+    lengths: Tensor
+
+    @classmethod
+    def from_cache(cls, cache: Cache) -> "CachedLogps":
+        """Flatten ``cache`` (global indices may have gaps)."""
+        pairs = max(cache, default=-1) + 1
+        starts = torch.full((pairs, 2), -1, dtype=torch.long)
+        lengths = torch.zeros((pairs, 2), dtype=torch.long)
+        parts, offset = [], 0
+        for index in sorted(cache):
+            for side, values in enumerate(cache[index]):
+                starts[index, side], lengths[index, side] = offset, values.numel()
+                parts.append(values.reshape(-1).float())
+                offset += values.numel()
+        values = torch.cat(parts) if parts else torch.zeros(0)
+        return cls(values=values, starts=starts, lengths=lengths)
+
+    def to(self, device: torch.device) -> "CachedLogps":
+        return CachedLogps(
+            values=self.values.to(device),
+            starts=self.starts.to(device),
+            lengths=self.lengths.to(device),
+        )
+
+    def lookup(
+        self, indices: Int[Tensor, " batch"], mask: Bool[Tensor, "batch seq"], side: int
+    ) -> Float[Tensor, "batch seq"]:
+        """Side ``side``'s cached log-probs of the pairs ``indices`` placed on
+        the ``True`` positions of ``mask``, in order; zeros elsewhere."""
+        indices = indices.to(self.starts.device)
+        rank = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        flat = self.starts[indices, side].unsqueeze(-1) + rank
+        gathered = self.values[flat.clamp(0, max(self.values.numel() - 1, 0))]
+        return torch.where(mask, gathered, torch.zeros_like(gathered))
+
+
+def lookup_reference(cache: CachedLogps, batch: IndexedBatch) -> tuple[Tensor, Tensor]:
     """Cached reference log-probs of a batch on the shifted axis, zeros outside
-    the response."""
+    the response (no host sync)."""
+    if batch.indices is None:
+        raise ValueError("the reference cache needs the pairs' global indices")
     result = []
     for side_index, side in enumerate((batch.tensors.chosen, batch.tensors.rejected)):
         mask = side.labels[:, 1:] != IGNORE_INDEX
-        rows = [cache[i][side_index] for i in batch.indices.tolist()]
-        values = torch.cat(rows).to(mask.device)
-        if values.numel() != int(mask.sum()):
-            raise ValueError(
-                "precomputed reference log-probs do not match the batch's response "
-                "tokens; delete the reference cache and rerun"
-            )
-        result.append(
-            torch.zeros(
-                mask.shape, dtype=values.dtype, device=mask.device
-            ).masked_scatter(mask, values)
-        )
+        result.append(cache.lookup(batch.indices, mask, side_index))
     return result[0], result[1]
 
 
-def cache_path(config: TrainConfig, model_path: str, data: RunData) -> Path:
-    """Where the cache of this run's model and data lives."""
-    key = cache_key(config, model_path, data)
+def check_cache(cache: Cache, data: RunData) -> None:
+    """Refuse a cache whose response lengths differ from the data's (a cache of
+    other data, or of another truncation), once, when it is loaded."""
+    pairs = [*data.train, *data.eval]
+    for index, pair in enumerate(pairs):
+        cached = cache.get(index)
+        want = [
+            len(ids) - (len(pair.prompt_ids) == 0)
+            for ids in (pair.chosen_ids, pair.rejected_ids)
+        ]
+        if cached is None or [values.numel() for values in cached] != want:
+            raise ValueError(
+                f"precomputed reference log-probs do not match the response tokens of "
+                f"pair {index}; delete the reference cache and rerun"
+            )
+
+
+def cache_path(
+    config: TrainConfig, model_path: str, data: RunData, attention: str = "sdpa"
+) -> Path:
+    """Where the cache of this run's model, data and precision lives."""
+    key = cache_key(config, model_path, data, attention)
     return Path(config.output_dir) / ".reference_cache" / f"{key}.pt"
 
 
@@ -161,13 +237,17 @@ class ReferenceCacheService(Service, spec=ReferenceCache):
 
     def __init__(self, spec: ReferenceCache, setup: ServiceSetup | None) -> None:
         super().__init__(spec, setup)
-        self.cache: Cache = {} if setup is None else _load_or_compute(setup)
+        self.table = CachedLogps.from_cache({})
+        if setup is not None:
+            cache = _load_or_compute(setup)
+            check_cache(cache, setup.data)
+            self.table = CachedLogps.from_cache(cache).to(setup.device)
 
     @classmethod
     def from_cache(cls, cache: Cache) -> "ReferenceCacheService":
         """A service reading an in-memory ``cache`` (tests, tools)."""
         service = cls(ReferenceCache(), None)
-        service.cache = cache
+        service.table = CachedLogps.from_cache(cache)
         return service
 
     def after_forward(
@@ -176,9 +256,10 @@ class ReferenceCacheService(Service, spec=ReferenceCache):
         batch: IndexedBatch,
         models: Models,  # noqa: ARG002
     ) -> dict[Need, Tensor]:
-        if batch.indices is None:
-            raise ValueError("the reference cache needs the pairs' global indices")
-        chosen, rejected = lookup_reference(self.cache, batch)
+        table = self.table
+        if table.values.device != forward.stats.policy_logps.device:
+            self.table = table = table.to(forward.stats.policy_logps.device)
+        chosen, rejected = lookup_reference(table, batch)
         length = forward.stacked.length
         dtype = forward.stats.policy_logps.dtype
         values = [_pad_to(v.to(dtype), length) for v in (chosen, rejected)]
@@ -186,7 +267,8 @@ class ReferenceCacheService(Service, spec=ReferenceCache):
 
 
 def _load_or_compute(setup: ServiceSetup) -> Cache:
-    path = cache_path(setup.config, setup.model_path, setup.data)
+    attention = model_attention(setup.config, setup.device)
+    path = cache_path(setup.config, setup.model_path, setup.data, attention)
     if not path.is_file():
         if not setup.training:
             raise FileNotFoundError(f"{path}: the run's reference cache is gone")
@@ -204,6 +286,7 @@ def _load_or_compute(setup: ServiceSetup) -> Cache:
             device=setup.device,
             chunk_size=setup.config.logps_chunk_size or None,
             part=part,
+            precision=setup.config.precision,
         )
         cache = dict(gather_lists(accelerator, list(cache.items())))
         if accelerator is None or accelerator.is_main_process:
@@ -224,10 +307,12 @@ def _pad_to(values: Tensor, length: int) -> Tensor:
 
 
 __all__ = [
+    "CachedLogps",
     "ReferenceCache",
     "ReferenceCacheService",
     "cache_key",
     "cache_path",
+    "check_cache",
     "compute_reference_logps",
     "lookup_reference",
 ]

@@ -54,6 +54,7 @@ def save(run: Any) -> Path:
         "step": progress.step,
         "epoch": progress.epoch,
         "consumed": progress.consumed,
+        "num_tokens": run.metrics.tokens_seen(accelerator),
     }
     # get_state_dict gathers sharded weights (FSDP, ZeRO-3); every process joins.
     weights = {
@@ -104,6 +105,7 @@ def restore(run: Any, checkpoint: Path) -> None:
     progress = run.progress
     progress.step, progress.epoch = state["step"], state["epoch"]
     progress.consumed = state["consumed"]
+    run.metrics.total_tokens = state.get("num_tokens", 0)
     index = min(run.accelerator.process_index, len(state["rng"]) - 1)
     set_rng_state(state["rng"][index])
 

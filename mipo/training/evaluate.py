@@ -5,6 +5,10 @@ r"""Held-out evaluation of a policy.
   $\beta r(y_w) > \beta r(y_l)$; ties count as wrong);
 * the mean per-token $\mathrm{KL}(\pi_\theta\|\pi_{\mathrm{ref}})$ over the
   held-out chosen completions, when a reference model is loaded;
+* TRL's ``logits/chosen``, ``logits/rejected``, ``entropy`` and
+  ``mean_token_accuracy`` (:mod:`mipo.training.token_metrics`), each the mean
+  over the evaluation batches of the batch's value, as TRL averages its
+  evaluation metrics;
 * for data sets with a gold reward (the built-in tasks, or ``--train.gold``), the
   gold reward of greedy answers generated with the chat template
   (:mod:`mipo.training.gold`), with its bootstrap interval and its gain over
@@ -73,6 +77,7 @@ def evaluate_pairs(
     was_training = policy.training
     policy.eval()
     totals = {"margin": 0.0, "loss": 0.0, "pairs": 0}
+    per_batch: dict[str, list[float]] = {}
     flags: list[float] = []
     kl_sum, kl_tokens = 0.0, 0.0
     # services that take gradients (attribution) keep autograd on
@@ -80,7 +85,9 @@ def evaluate_pairs(
     try:
         with grad, evaluating(active):
             for batch in loader:
-                pair_batch = builder(models, batch.to(device))
+                pair_batch, metrics = builder.build(models, batch.to(device))
+                for key, value in metrics.items():
+                    per_batch.setdefault(key, []).append(float(value))
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards
                 flags += (chosen > rejected).double().tolist()
@@ -103,6 +110,7 @@ def evaluate_pairs(
         ),
         "eval/rewards/margins": totals["margin"] / pairs,
         "eval/loss": totals["loss"] / pairs,
+        **{f"eval/{k}": sum(v) / len(v) for k, v in sorted(per_batch.items())},
     }
     if wants_kl:
         result["eval/kl_reverse_per_token"] = kl_sum / max(kl_tokens, 1.0)

@@ -73,7 +73,7 @@ def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
     context = contextlib.nullcontext() if sync else accelerator.no_sync(body)
     with context:
         with accelerator.autocast():
-            pair_batch = run.builder(run.models, batch)
+            pair_batch, token_metrics = run.builder.build(run.models, batch)
         try:
             out = run.objective(pair_batch)
         except NonFiniteLossError as error:
@@ -84,7 +84,8 @@ def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
             )
             return
         accelerator.backward(out.loss)
-    state.pending.append((out.metrics, count_tokens(batch.tensors)))
+    metrics = {**out.metrics, **token_metrics}
+    state.pending.append((metrics, count_tokens(batch.tensors)))
 
 
 def _pairs(batch: Any) -> list[int] | None:

@@ -417,8 +417,10 @@ def row_dot(
     a: Float[Tensor, "*rows vocab"], b: Float[Tensor, "*rows vocab"]
 ) -> Float[Tensor, "*rows"]:
     """:math:`\\sum_v a_v b_v` per row as a batched matrix product (no
-    elementwise ``[rows, vocab]`` product is materialised)."""
-    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
+    elementwise ``[rows, vocab]`` product is materialised), in the inputs' dtype
+    also under autocast (which would run a matmul in bf16)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
 
 
 def kl_from_logps(

@@ -122,6 +122,7 @@ def run(
     device: str,
     hidden: int = HIDDEN,
     vocab: int = VOCAB,
+    policy_stats: bool = False,
 ) -> tuple[int, float]:
     gen = torch.Generator().manual_seed(0)
     rows = 2 * pairs
@@ -134,6 +135,9 @@ def run(
     labels = torch.randint(0, vocab, (rows, length), generator=gen).to(device)
     labels[:, : int(prompt_fraction * length)] = -100
 
+    # only passed when asked: revisions before it (--against) lack the argument
+    extra = {"policy_stats": True} if policy_stats else {}
+
     def step() -> None:
         stats = stats_fn(
             policy_hidden,
@@ -143,6 +147,7 @@ def run(
             reference_head=reference_head,
             kl_forward=kl,
             chunk_size=chunk_size,
+            **extra,
         )
         total = stats.policy_logps.sum()
         if stats.kl_forward is not None:

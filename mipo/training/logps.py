@@ -346,11 +346,14 @@ def _eager(
     stats: dict[str, Tensor] = {}
     if policy_stats:
         with torch.no_grad():
+            # the response rows' logits, copied (the copy is overwritten)
             columns = distribution_stats(
-                logits.detach(), policy_logp_all.detach(), targets
+                logits.detach()[mask], policy_logp_all.detach()[mask], targets[mask]
             )
         stats = {
-            name: masked(column)
+            name: torch.zeros(
+                mask.shape, dtype=dtype, device=mask.device
+            ).masked_scatter(mask, column)
             for name, column in zip(POLICY_STATS, columns.unbind(-1), strict=True)
         }
     del logits
@@ -384,43 +387,39 @@ def distribution_stats(
     targets: Int[Tensor, "*rows"],
 ) -> Float[Tensor, "*rows 4"]:
     """The columns of :data:`POLICY_STATS` per row, from the logits ``z`` and
-    their log-softmax (both in the compute dtype; call without gradient)."""
-    return stats_columns(logit_stats(logits, targets), probability_stats(logps))
+    their log-softmax (both in the compute dtype; call without gradient).
 
-
-def logit_stats(
-    logits: Float[Tensor, "*rows vocab"], targets: Int[Tensor, "*rows"]
-) -> tuple[Tensor, Tensor]:
-    """The mean logit and the top-1 hit per row (:func:`torch.argmax` returns the
-    first maximum, as TRL's ``is_top1`` counts; a ``-100`` target never hits)."""
-    return logits.mean(-1), (logits.argmax(-1) == targets).to(logits.dtype)
-
-
-def probability_stats(logps: Float[Tensor, "*rows vocab"]) -> tuple[Tensor, Tensor]:
-    """:math:`\\log \\sum_v p_v^2` and :math:`-\\sum_v p_v \\log p_v` per row, each a
-    dot product over the vocabulary with :math:`p = e^{\\log p}`: the only
-    ``[rows, vocab]`` buffer besides ``logps`` is ``p``. (The first equals
-    :math:`\\mathrm{logsumexp}(2z) - 2\\,\\mathrm{logsumexp}(z)`.)"""
-    probs = logps.exp()
-    return row_dot(probs, probs).log(), -row_dot(probs, logps)
-
-
-def stats_columns(
-    logit_values: tuple[Tensor, Tensor], probability_values: tuple[Tensor, Tensor]
-) -> Float[Tensor, "*rows 4"]:
-    """The two pairs of statistics stacked in the order of :data:`POLICY_STATS`."""
-    (means, top1), (collision, entropy) = logit_values, probability_values
+    **Overwrites** ``logits``, its work buffer: allocating fresh ``[rows, vocab]``
+    buffers costs more than the arithmetic on CPU, so the statistics allocate
+    none. In order: the mean logit; the top-1 hit (``z_y`` is the row maximum and
+    no earlier entry equals it, i.e. :func:`torch.argmax`'s first maximum, as
+    TRL's ``is_top1`` counts; a ``-100`` target never hits); then ``z`` becomes
+    :math:`p = e^{\\log p}` for :math:`\\log \\sum_v p_v^2 = 2 \\log \\|p\\|_2`
+    (equal to :math:`\\mathrm{logsumexp}(2z) - 2\\,\\mathrm{logsumexp}(z)`), and
+    :math:`p \\odot \\log p` for the entropy.
+    """
+    means = logits.mean(-1)
+    top1 = _first_maximum_is(logits, targets).to(logits.dtype)
+    probs = torch.exp(logps, out=logits)
+    collision = 2.0 * torch.linalg.vector_norm(probs, dim=-1).log()
+    entropy = -probs.mul_(logps).sum(-1)
     return torch.stack((collision, means, entropy, top1), dim=-1)
 
 
-def row_dot(
-    a: Float[Tensor, "*rows vocab"], b: Float[Tensor, "*rows vocab"]
-) -> Float[Tensor, "*rows"]:
-    """:math:`\\sum_v a_v b_v` per row as a batched matrix product (no
-    elementwise ``[rows, vocab]`` product is materialised), in the inputs' dtype
-    also under autocast (which would run a matmul in bf16)."""
-    with torch.autocast(a.device.type, enabled=False):
-        return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
+def _first_maximum_is(
+    logits: Float[Tensor, "*rows vocab"], targets: Int[Tensor, "*rows"]
+) -> Bool[Tensor, "*rows"]:
+    """Whether each row's first maximum is at ``targets``; overwrites ``logits``
+    with the indicator of its maxima. Only rows whose maximum is tied (rare in
+    float32, less so for bf16 logits) take an ``argmax``."""
+    maximum = logits.amax(-1, keepdim=True)
+    safe = targets.clamp(min=0).unsqueeze(-1)
+    hit = (logits.gather(-1, safe) == maximum).squeeze(-1) & (targets >= 0)
+    maxima = logits.eq_(maximum).sum(-1)  # 1.0 where a row attains its maximum
+    tied = hit & (maxima > 1)
+    if bool(tied.any()):
+        hit[tied] = logits[tied].argmax(-1) == targets[tied]
+    return hit
 
 
 def kl_from_logps(
@@ -721,13 +720,12 @@ def _chunked_forward(
     for start in range(0, n, chunk_size):
         chunk = slice(start, start + chunk_size)
         logits = head.logits(head.rows(chunk))
-        from_logits = logit_stats(logits, targets[chunk]) if want_stats else None
         lp = F.log_softmax(logits, dim=-1)
-        del logits  # freed before p = exp(lp) exists: two [chunk, vocab] buffers
         index = targets[chunk].unsqueeze(-1)
         logps[chunk] = lp.gather(-1, index).squeeze(-1)
-        if from_logits is not None:
-            stats[chunk] = stats_columns(from_logits, probability_stats(lp))
+        if want_stats:  # overwrites the logits buffer: no extra [chunk, vocab]
+            stats[chunk] = distribution_stats(logits, lp, targets[chunk])
+        del logits
         if reference is None:
             continue
         lq = reference.log_softmax(reference.rows(chunk))
@@ -832,6 +830,5 @@ __all__ = [
     "distribution_stats",
     "final_hidden_states",
     "kl_from_logps",
-    "row_dot",
     "token_stats",
 ]

@@ -63,12 +63,17 @@ def stats_oracle(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
 @pytest.mark.parametrize("chunk_size", [None, 1, 3, 1000])
 def test_policy_stats_equal_float64_oracle(chunk_size: int | None) -> None:
     hidden, _, head, _, _, labels = random_inputs(seed=0, **SIZES)
+    with torch.no_grad():  # every other response label becomes the argmax
+        greedy = head(hidden[:, :-1]).argmax(-1)
+    swap = (labels[:, 1:] != -100) & (torch.arange(SIZES["length"] - 1) % 2 == 0)
+    labels[:, 1:] = torch.where(swap, greedy, labels[:, 1:])
     stats = token_stats(hidden, head, labels, chunk_size=chunk_size, policy_stats=True)
     with torch.no_grad():
         expected = stats_oracle(head(hidden), labels)
     for name in POLICY_STATS:
         assert_close(getattr(stats, name), expected[name], **F64, msg=name)
     assert float(expected["entropy"].max()) > 0.5  # not a degenerate case
+    assert float(expected["top1"].sum()) >= 1  # some labels are the argmax
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2])
@@ -286,13 +291,17 @@ def metric_oracle(models: Models, tensors) -> dict[str, float]:  # noqa: ANN001
     }
 
 
-@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize(
+    ("chunk_size", "padding_free"), [(None, False), (4, False), (4, True)]
+)
 def test_token_metrics_equal_float64_oracle(
-    tiny: tuple, chunk_size: int | None
+    tiny: tuple, chunk_size: int | None, padding_free: bool
 ) -> None:
     tensors, models, _ = tiny
     builder = BatchBuilder(
-        needs=frozenset({Need.REFERENCE_LOGPS}), chunk_size=chunk_size
+        needs=frozenset({Need.REFERENCE_LOGPS}),
+        chunk_size=chunk_size,
+        padding_free=padding_free,
     )
     _, metrics = builder.build(models, tensors)
     expected = metric_oracle(models, tensors)

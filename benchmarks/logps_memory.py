@@ -20,6 +20,8 @@ pass (for the chunked path the peak is in the forward pass: a few
 ``[chunk, vocab]`` float32 buffers).
 ``--against REV`` also measures the chunked path of ``mipo/training/logps.py``
 (``mipo/logps.py`` before the trainer's move) at git revision ``REV`` (loaded from ``git show``), side by side in the same process.
+``--policy-stats`` adds the policy statistics (WPO's log collision, TRL's head
+metrics) to this checkout's paths; ``--against`` runs the revision without them.
 On a CUDA device (``--device cuda``) the peak is ``torch.cuda.max_memory_allocated``.
 
 Usage::
@@ -122,6 +124,7 @@ def run(
     device: str,
     hidden: int = HIDDEN,
     vocab: int = VOCAB,
+    policy_stats: bool = False,
 ) -> tuple[int, float]:
     gen = torch.Generator().manual_seed(0)
     rows = 2 * pairs
@@ -134,6 +137,9 @@ def run(
     labels = torch.randint(0, vocab, (rows, length), generator=gen).to(device)
     labels[:, : int(prompt_fraction * length)] = -100
 
+    # only passed when asked: revisions before it (--against) lack the argument
+    extra = {"policy_stats": True} if policy_stats else {}
+
     def step() -> None:
         stats = stats_fn(
             policy_hidden,
@@ -143,6 +149,7 @@ def run(
             reference_head=reference_head,
             kl_forward=kl,
             chunk_size=chunk_size,
+            **extra,
         )
         total = stats.policy_logps.sum()
         if stats.kl_forward is not None:
@@ -183,6 +190,11 @@ def main() -> None:
         help="skip the eager path above this T (it needs several GB of RAM)",
     )
     parser.add_argument("--kl", action="store_true", help="also the forward KL (TDPO)")
+    parser.add_argument(
+        "--policy-stats",
+        action="store_true",
+        help="also the policy statistics (WPO's log collision, TRL's head metrics)",
+    )
     parser.add_argument("--against", help="also the chunked path at this git revision")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hidden", type=int, default=HIDDEN)
@@ -193,7 +205,8 @@ def main() -> None:
     header = (
         f"{machine()}; pairs {args.pairs}, hidden {args.hidden}, vocab "
         f"{args.vocab}, chunk {args.chunk_size}, prompt fraction "
-        f"{args.prompt_fraction}, kl_forward {args.kl}, device {args.device}"
+        f"{args.prompt_fraction}, kl_forward {args.kl}, policy_stats "
+        f"{args.policy_stats}, device {args.device}"
     )
     print(header)
     against = logps_at(args.against) if args.against else None
@@ -211,6 +224,7 @@ def main() -> None:
         "device": args.device,
         "hidden": args.hidden,
         "vocab": args.vocab,
+        "policy_stats": args.policy_stats,
     }
     for length in args.lengths:
         grad = 2 * args.pairs * length * args.hidden * 4
@@ -230,7 +244,9 @@ def main() -> None:
             f"{chunked_s:.2f}",
         ]
         if against is not None:
-            old, old_s = run(against, length, chunk_size=args.chunk_size, **common)
+            # the revision's head as it was: without the policy statistics
+            plain = {**common, "policy_stats": False}
+            old, old_s = run(against, length, chunk_size=args.chunk_size, **plain)
             row.update({"against_peak_bytes": old, "against_s": old_s})
             cells += [f"{old / MIB:,.0f}", f"{old_s:.2f}"]
         if length <= args.eager_max_length:

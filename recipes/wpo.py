@@ -5,8 +5,9 @@ a(y) = mean_t [log pi(y_t) - log sum_v pi(v)^2] (sampled weight alignment).
 
 Prior: reference. Weighter: sum. Margin: none. Link: ``WPOLink`` around
 -log sigmoid (the cap at 1 is the authors' code; TRL's ``use_weighting`` has no cap:
-``max_weight=None``). Needs the policy's log collision probability per token. Not
-MI-DPO: the weight scales the loss outside the link
+``max_weight=None``). Reads the policy's log collision probability per token
+(``Need.LOG_COLLISION``), which the trainer's policy forward computes, detached.
+Not MI-DPO: the weight scales the loss outside the link
 (proofs/trl_losses_outside_mi.md).
 """
 

@@ -251,7 +251,7 @@ def test_save_only_model_writes_a_model_export(
     result = train("dpo", keys, progress=False)
     checkpoint = result.run_dir / f"checkpoint-{STEPS}"
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
-    assert set(state) == {"step", "epoch", "consumed"}
+    assert set(state) == {"step", "epoch", "consumed", "num_tokens"}
     full = straight.run_dir / f"checkpoint-{STEPS}"
     state_size = (checkpoint / "trainer_state.pt").stat().st_size
     assert state_size < (full / "trainer_state.pt").stat().st_size / 10

@@ -348,7 +348,7 @@ def test_evaluation_gold_and_prior_fit_run_in_the_run_precision(
     def evaluate_pairs(*args: Any, **kwargs: Any) -> Any:
         with monkeypatch.context() as patch:
             builder = evaluate_module.BatchBuilder
-            patch.setattr(builder, "__call__", spy("build", builder.__call__))
+            patch.setattr(builder, "build", spy("build", builder.build))
             patch.setattr(Objective, "__call__", spy("objective", Objective.__call__))
             return original_pairs(*args, **kwargs)
 

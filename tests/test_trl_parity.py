@@ -7,8 +7,12 @@ every ``DPOConfig`` loss type and knob (``test_dpo_trainer_parity``, one case pe
 row of ``docs/trl.md``) the batch loss, each pair's loss (TRL run on that pair
 alone), ``rewards/*`` and the policy gradients agree. Where mipo follows a paper
 that TRL departs from, the ``test_trl_differs_*`` tests pin the documented
-difference. ORPO and CPO are checked against ``trl.experimental``. Skipped when
-``trl`` is not installed (``pip install mipo[bench]``).
+difference. ORPO and CPO are checked against ``trl.experimental``. WPO's log
+collision probability and TRL's head metrics (``logits/*``, ``entropy``,
+``mean_token_accuracy``, ``num_tokens``) are checked as the trainer computes
+them: mipo's own data pipeline and :class:`~mipo.training.batching.BatchBuilder`
+on the same examples. Skipped when ``trl`` is not installed
+(``pip install mipo[bench]``).
 """
 
 from collections.abc import Callable
@@ -28,6 +32,9 @@ from tiny import tiny_llama  # noqa: E402
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from mipo import Objective, PairBatch, Side, Term  # noqa: E402
+from mipo.data.collate import PairTensors, collate  # noqa: E402
+from mipo.data.load import load_records  # noqa: E402
+from mipo.data.tokenize import encode_record  # noqa: E402
 from mipo.primitives import (  # noqa: E402
     AlphaDivergence,
     APODownLink,
@@ -48,8 +55,13 @@ from mipo.primitives import (  # noqa: E402
     RobustLink,
     WPOLink,
 )
+from mipo.training.batching import BatchBuilder, count_tokens  # noqa: E402
 from mipo.training.logps import final_hidden_states, token_stats  # noqa: E402
+from mipo.training.models import FrozenCopyReference  # noqa: E402
 from mipo.training.recipes import load_recipe  # noqa: E402
+from mipo.training.services import Models  # noqa: E402
+from mipo.training.token_metrics import NAMES as TOKEN_METRICS  # noqa: E402
+from mipo.training.token_metrics import pooled_means  # noqa: E402
 
 WORDS = "the a cat dog sat ran on under mat log is was red blue big small".split()
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
@@ -168,12 +180,6 @@ def trl_per_pair(trainer: Any) -> tuple[Tensor, Tensor, Tensor]:
     return torch.stack(losses), torch.tensor(chosen), torch.tensor(rejected)
 
 
-def log_collision(hidden: Tensor, head: torch.nn.Module) -> Tensor:
-    """log sum_v pi(v | s_t)^2 on the shifted axis, from the full softmax."""
-    logps = torch.log_softmax(head(hidden[:, :-1]).float(), dim=-1)
-    return torch.logsumexp(2.0 * logps, dim=-1).detach()
-
-
 def mipo_batch(
     model: torch.nn.Module,
     reference: torch.nn.Module,
@@ -194,9 +200,10 @@ def mipo_batch(
         reference_hidden=reference_hidden,
         reference_head=reference.get_output_embeddings(),
         chunk_size=5,
+        policy_stats=collision,  # the trainer's log collision (chunked head)
     )
     assert stats.reference_logps is not None
-    extra = log_collision(hidden, model.get_output_embeddings()) if collision else None
+    extra = stats.log_collision
     n = input_ids.shape[0] // 2
     sides = [
         Side(
@@ -620,28 +627,132 @@ def greedy_examples(steps: int = 3) -> list[dict[str, str]]:
             for _ in range(steps):
                 logits = policy(torch.tensor([ids + picked])).logits[0, -1]
                 picked.append(int(words[logits[words].argmax()]))
-        text = " " + tokenizer.decode(picked)
-        extra.append({"prompt": example["prompt"], "chosen": text, "rejected": text})
+        # two different greedy continuations (mipo's data refuses equal ones)
+        chosen, rejected = (" " + tokenizer.decode(picked[:n]) for n in (steps, 1))
+        extra.append(
+            {"prompt": example["prompt"], "chosen": chosen, "rejected": rejected}
+        )
     return EXAMPLES + extra
 
 
+def builder_batch(
+    trainer: Any,
+    objective: Objective,
+    examples: list[dict[str, str]] | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> tuple[PairBatch, dict[str, Tensor], PairTensors]:
+    """The trainer's own batch of ``examples`` for ``objective``: mipo's data
+    pipeline (which lays the word tokens out as TRL's collator does) and
+    :class:`BatchBuilder` on TRL's policy and reference; with its token metrics."""
+    examples = EXAMPLES if examples is None else examples
+    tokenizer = trainer.processing_class
+    encoded = [
+        encode_record(record, tokenizer, max_length=64, max_prompt_length=32)
+        for record in load_records(examples)
+    ]
+    tensors = collate(encoded, pad_token_id=tokenizer.pad_token_id)
+    models = Models(
+        policy=trainer.model,
+        reference=FrozenCopyReference(trainer.ref_model),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    builder = BatchBuilder(needs=objective.needs, chunk_size=chunk_size)
+    batch, metrics = builder.build(models, tensors)
+    return batch, metrics, tensors
+
+
 def test_trl_differs_wpo_weights_uncapped(tmp_path: Path) -> None:
-    """TRL's ``use_weighting`` weights equal mipo's WPO weights (the ratio of
-    TRL's weighted to unweighted per-pair losses); the authors cap them at 1 and
-    so does mipo's wpo recipe, which scales TRL's pair loss by min(1, c)/c."""
+    """TRL's ``use_weighting`` weights equal mipo's WPO weights on the trainer's
+    own batch (the ratio of TRL's weighted to unweighted per-pair losses); the
+    authors cap them at 1 and so does mipo's wpo recipe, which scales TRL's
+    pair loss by min(1, c)/c."""
     examples = greedy_examples()
     weighted = dpo_trainer(tmp_path / "w", examples, beta=BETA, use_weighting=True)
     plain = dpo_trainer(tmp_path / "p", examples, beta=BETA)
-    _, _, inputs = trl_loss(weighted, trl_rows(weighted))
     trl_weighted, _, _ = trl_per_pair(weighted)
     trl_plain, _, _ = trl_per_pair(plain)
-    batch = dpo_batch(weighted, inputs, collision=True)
+    wpo = load_recipe("wpo").make_objective(beta=BETA)
+    batch, _, _ = builder_batch(weighted, wpo, examples, chunk_size=3)
     weights = WPOLink(max_weight=None).weights(batch)
     assert_close(trl_weighted / trl_plain, weights, **PER_PAIR_TOL)
     assert bool((weights > 1.01).any()) and bool((weights < 0.99).any()), weights
     capped = load_recipe("wpo").make_objective(beta=BETA)(batch)
     expected = trl_weighted * weights.clamp(max=1.0) / weights
     assert_close(capped.per_pair.detach(), expected, **PER_PAIR_TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_wpo_on_the_trainers_batch_equals_trl(
+    tmp_path: Path, chunk_size: int | None
+) -> None:
+    """``use_weighting=True``: the wpo recipe (uncapped) on the batch the trainer
+    builds, with the log collision its policy forward computes, gives TRL's
+    loss, per-pair losses and gradients."""
+    trainer = dpo_trainer(tmp_path, beta=BETA, use_weighting=True)
+    trl_total, _, _ = trl_loss(trainer, trl_rows(trainer))
+    wpo = load_recipe("wpo").make_objective(beta=BETA, max_weight=None)
+    batch, _, _ = builder_batch(trainer, wpo, chunk_size=chunk_size)
+    out = wpo(batch)
+    assert_close(out.loss, trl_total.detach(), **TOL)
+    assert_same_grads(trainer, out.loss, trl_total)
+    single, _, _ = trl_per_pair(trainer)
+    assert_close(out.per_pair.detach(), single, **PER_PAIR_TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_policy_stats_equal_trls_fused_head(
+    tmp_path: Path, chunk_size: int | None
+) -> None:
+    """Per token, mipo's log collision, mean logit, entropy and top-1 hit equal
+    TRL 1.16's fused-head ``log_sum_sq_probs``, ``mean_logits``, ``entropy`` and
+    ``is_top1`` on the same model and batch."""
+    trainer = dpo_trainer(tmp_path, greedy_examples(), beta=BETA, use_weighting=True)
+    inputs = trainer.data_collator(trl_rows(trainer))
+    labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        trl_out = trainer.model(
+            input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True
+        )
+        hidden = final_hidden_states(trainer.model, ids, attention)
+        stats = token_stats(
+            hidden,
+            trainer.model.get_output_embeddings(),
+            labels,
+            chunk_size=chunk_size,
+            policy_stats=True,
+        )
+    mask = stats.response_mask
+    pairs = (
+        (stats.log_collision, trl_out.log_sum_sq_probs),
+        (stats.logit_means, trl_out.mean_logits),
+        (stats.entropy, trl_out.entropy),
+        (stats.top1, trl_out.is_top1.float()),
+    )
+    for ours, theirs in pairs:
+        assert_close(ours[mask], theirs[mask].float(), **TOL)
+    assert 0 < float(stats.top1[mask].mean()) < 1  # greedy tokens hit, others miss
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_token_metrics_equal_trl(tmp_path: Path, chunk_size: int | None) -> None:
+    """``logits/chosen``, ``logits/rejected``, ``entropy`` and
+    ``mean_token_accuracy`` of the trainer's batch equal what TRL's DPOTrainer
+    logs for the same examples, and ``num_tokens`` (TRL's running count, after
+    this one batch) equals the batch's non-padding token count."""
+    examples = greedy_examples()
+    trainer = dpo_trainer(tmp_path, examples, beta=BETA)
+    _, metrics, _ = trl_loss(trainer, trl_rows(trainer))
+    dpo = load_recipe("dpo").make_objective(beta=BETA)
+    _, totals, tensors = builder_batch(trainer, dpo, examples, chunk_size=chunk_size)
+    ours = pooled_means(totals)
+    assert set(ours) == set(TOKEN_METRICS)
+    for name in TOKEN_METRICS:
+        assert_close(ours[name].item(), metrics[name], **TOL, msg=name)
+    assert int(count_tokens(tensors)) == metrics["num_tokens"]
+    assert 0 < metrics["mean_token_accuracy"] < 1
+    assert abs(metrics["logits/chosen"] - metrics["logits/rejected"]) > 1e-5
 
 
 def test_trl_differs_length_normalised_rewards(tmp_path: Path) -> None:

@@ -16,6 +16,11 @@ the objective; calling it on a micro-batch runs, in order:
 6. the sides: each needed field from the service that provides it, else from
    what the table says computes it (policy, reference, data).
 
+:meth:`BatchBuilder.build` also returns TRL's metrics of the policy's
+next-token distribution (``logits/chosen``, ``logits/rejected``, ``entropy``,
+``mean_token_accuracy``; :mod:`mipo.training.token_metrics`), computed by the
+same policy forward, detached.
+
 The per-token quantities come from :func:`mipo.training.logps.token_stats` on
 the shifted axis: position $t$ holds the label $y_t$ predicted from the hidden
 state at unshifted position $t$, so every unshifted data column ``c`` maps to
@@ -45,6 +50,7 @@ from mipo.training.logps import (
 from mipo.training.models import reads_reference
 from mipo.training.packing import pack_sequences
 from mipo.training.services.base import Forward, Models, Service, Stacked
+from mipo.training.token_metrics import token_metrics
 
 _SIDE_SCOPES = (Scope.SIDE, Scope.PAIR)
 
@@ -70,6 +76,7 @@ class CausalLMBody(nn.Module):
         kl_reverse: bool = False,
         chunk_size: int | None = None,
         position_ids: Tensor | None = None,
+        policy_stats: bool = False,
     ) -> tuple[Tensor, TokenStats]:
         hidden = final_hidden_states(
             self.model, input_ids, attention_mask, position_ids=position_ids
@@ -83,6 +90,7 @@ class CausalLMBody(nn.Module):
             kl_forward=kl_forward,
             kl_reverse=kl_reverse,
             chunk_size=chunk_size,
+            policy_stats=policy_stats,
         )
         return hidden, stats
 
@@ -133,12 +141,15 @@ class BatchBuilder:
         padding_free: run the forwards on one packed row (:mod:`mipo.training.packing`:
             no compute on padding; attention kept within each sequence) and
             unpack the per-token results; equal to the padded path.
+        metrics: compute the token metrics that :meth:`build` returns (they
+            change no batch field and no gradient).
     """
 
     needs: frozenset[Need]
     services: tuple[Service, ...] = ()
     chunk_size: int | None = None
     padding_free: bool = False
+    metrics: bool = True
     provided: frozenset[Need] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +167,13 @@ class BatchBuilder:
     def __call__(self, models: Models, batch: Any) -> PairBatch:
         """The validated :class:`PairBatch` of ``batch`` (an
         :class:`~mipo.training.loaders.IndexedBatch`, or ``PairTensors``)."""
+        return self.build(models, batch)[0]
+
+    def build(self, models: Models, batch: Any) -> tuple[PairBatch, dict[str, Tensor]]:
+        """The :class:`PairBatch` of ``batch`` and the sums and counts behind the
+        micro-batch's token metrics (:func:`~mipo.training.token_metrics.token_metrics`,
+        detached, on the device; :func:`~mipo.training.token_metrics.pooled_means`
+        turns them into the logged means)."""
         batch = _indexed(batch)
         tensors = batch.tensors
         parts: dict[str, Any] = {"chosen": tensors.chosen, "rejected": tensors.rejected}
@@ -184,7 +202,8 @@ class BatchBuilder:
         checked = values_checked() if _values_ok(forward, weights) else nullcontext()
         with checked:
             sides = self._sides(forward, values, list(parts.items()))
-            return PairBatch(**sides, example_weights=weights)
+            pair_batch = PairBatch(**sides, example_weights=weights)
+        return pair_batch, token_metrics(forward.stats, stacked.rows)
 
     def _forward(self, models: Models, stacked: Stacked) -> Forward:
         """The reference forward (with the services' hooks) and the policy forward."""
@@ -224,6 +243,7 @@ class BatchBuilder:
             kl_reverse=Need.KL_REVERSE in self.needs,
             chunk_size=self.chunk_size,
             position_ids=positions,
+            policy_stats=self.metrics or Need.LOG_COLLISION in self.needs,
         )
         if packed is not None:
             stats = packed.unpack_token_stats(stats)
@@ -352,6 +372,7 @@ def _computed_fields(forward: Forward, needs: frozenset[Need]) -> dict[Need, Ten
         Need.REFERENCE_LOGPS: stats.reference_logps,
         Need.KL_FORWARD: stats.kl_forward,
         Need.KL_REVERSE: stats.kl_reverse,
+        Need.LOG_COLLISION: stats.log_collision,
     }
     if Need.HIDDEN_STATES in needs:
         out[Need.HIDDEN_STATES] = forward.hidden[:, :-1].detach()

@@ -109,6 +109,7 @@ def _trainer_state(run: Any) -> dict[str, Any]:
         "step": progress.step,
         "epoch": progress.epoch,
         "consumed": progress.consumed,
+        "num_tokens": run.metrics.tokens_seen(run.accelerator),
     }
     if run.config.save_only_model:
         return state
@@ -174,6 +175,7 @@ def restore(run: Any, checkpoint: Path) -> None:
     progress = run.progress
     progress.step, progress.epoch = state["step"], state["epoch"]
     progress.consumed = state["consumed"]
+    run.metrics.total_tokens = state.get("num_tokens", 0)
     index = min(run.accelerator.process_index, len(state["rng"]) - 1)
     set_rng_state(state["rng"][index])
 
@@ -187,6 +189,7 @@ def _progress_state(run: Any, rng: list[Any]) -> dict[str, Any]:
         "step": progress.step,
         "epoch": progress.epoch,
         "consumed": progress.consumed,
+        "num_tokens": run.metrics.tokens_seen(run.accelerator),
     }
 
 

@@ -5,6 +5,10 @@ r"""Held-out evaluation of a policy.
   $\beta r(y_w) > \beta r(y_l)$; ties count as wrong);
 * the mean per-token $\mathrm{KL}(\pi_\theta\|\pi_{\mathrm{ref}})$ over the
   held-out chosen completions, when a reference model is loaded;
+* TRL's ``logits/chosen``, ``logits/rejected``, ``entropy`` and
+  ``mean_token_accuracy`` (:mod:`mipo.training.token_metrics`), each the mean
+  over the evaluation batches of the batch's value, as TRL averages its
+  evaluation metrics;
 * for data sets with a gold reward (the built-in tasks, or ``--train.gold``), the
   gold reward of greedy answers generated with the chat template
   (:mod:`mipo.training.gold`), with its bootstrap interval and its gain over
@@ -29,6 +33,7 @@ from mipo.training.batching import BatchBuilder
 from mipo.training.precision import autocast
 from mipo.training.services.base import Models, Service, evaluating
 from mipo.training.stats import bootstrap_mean, interval_fields, wilson_interval
+from mipo.training.token_metrics import pooled_means
 
 
 def evaluation_services(
@@ -77,13 +82,16 @@ def evaluate_pairs(
     was_training = policy.training
     policy.eval()
     totals = {"margin": 0.0, "loss": 0.0, "pairs": 0}
+    per_batch: dict[str, list[float]] = {}
     flags: list[float] = []
     kl_sum, kl_tokens = 0.0, 0.0
     try:
         with torch.no_grad(), evaluating(active):
             for batch in loader:
                 with autocast(precision, device):
-                    pair_batch = builder(models, batch.to(device))
+                    pair_batch, sums = builder.build(models, batch.to(device))
+                for key, value in pooled_means(sums).items():
+                    per_batch.setdefault(key, []).append(float(value))
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards
                 flags += (chosen > rejected).double().tolist()
@@ -106,6 +114,7 @@ def evaluate_pairs(
         ),
         "eval/rewards/margins": totals["margin"] / pairs,
         "eval/loss": totals["loss"] / pairs,
+        **{f"eval/{k}": sum(v) / len(v) for k, v in sorted(per_batch.items())},
     }
     if wants_kl:
         result["eval/kl_reverse_per_token"] = kl_sum / max(kl_tokens, 1.0)

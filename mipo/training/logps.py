@@ -22,6 +22,30 @@ The KLs are TDPO's sequential KL terms (Zeng et al., arXiv 2404.11999, Eq. 12-13
 Positions whose label is ``-100`` (prompt, padding) are zero in every output and
 ``False`` in ``response_mask``.
 
+With ``policy_stats=True`` both paths also return four detached statistics of
+the policy's next-token distribution :math:`p = \\mathrm{softmax}(z_t)` over a
+vocabulary of size :math:`V`, computed from the same logits as the log-probs
+(accumulated in at least float32):
+
+.. math::
+
+    \\log \\textstyle\\sum_v p_v^2 = \\mathrm{logsumexp}(2 z_t) - 2\\,\\mathrm{logsumexp}(z_t)
+        \\quad \\text{(log collision probability; WPO's weight alignment,
+        Zhou et al., arXiv 2406.11827, Eq. 2)},
+
+    \\bar z_t = \\tfrac{1}{V}\\textstyle\\sum_v z_{t,v} \\quad \\text{(mean logit)},
+    \\qquad
+    H_t = -\\textstyle\\sum_v p_v \\log p_v \\quad \\text{(entropy)},
+    \\qquad
+    \\mathbb{1}[\\arg\\max_v z_{t,v} = y_t] \\quad \\text{(top-1 hit, first maximum)}.
+
+They are what TRL 1.16's fused head returns as ``log_sum_sq_probs``,
+``mean_logits``, ``entropy`` and ``is_top1``; the trainer logs the last three
+as ``logits/chosen``, ``logits/rejected``, ``entropy`` and
+``mean_token_accuracy`` (:mod:`mipo.training.token_metrics`). The chunked path
+computes them inside its chunk loop, so they add no ``[rows, vocab]`` tensor
+beyond the chunk's own.
+
 Two paths compute the same values and gradients:
 
 * ``chunk_size=None`` (eager): the head is applied to every position and the
@@ -75,6 +99,13 @@ class TokenStats:
         reference_logps: :math:`\\log \\pi_{\\mathrm{ref}}(y_t|s_t)`, a constant.
         kl_forward: :math:`D^{\\mathrm{fwd}}_t`, live through the policy only.
         kl_reverse: :math:`D^{\\mathrm{rev}}_t`, live through the policy only.
+        log_collision: :math:`\\log \\sum_v \\pi_\\theta(v|s_t)^2`, detached.
+        logit_means: the mean logit over the vocabulary, detached.
+        entropy: :math:`-\\sum_v \\pi_\\theta(v|s_t) \\log \\pi_\\theta(v|s_t)`,
+            detached.
+        top1: 1.0 where the label is the first maximum of the logits, else 0.0.
+
+    The last four are set by ``policy_stats=True`` (module docstring).
     """
 
     policy_logps: TokenLogps
@@ -82,6 +113,15 @@ class TokenStats:
     reference_logps: TokenLogps | None = None
     kl_forward: TokenValues | None = None
     kl_reverse: TokenValues | None = None
+    log_collision: TokenValues | None = None
+    logit_means: TokenValues | None = None
+    entropy: TokenValues | None = None
+    top1: TokenValues | None = None
+
+
+POLICY_STATS = ("log_collision", "logit_means", "entropy", "top1")
+"""The :class:`TokenStats` fields ``policy_stats=True`` fills, in the column
+order of :func:`distribution_stats`."""
 
 
 def final_hidden_states(
@@ -153,6 +193,7 @@ def token_stats(
     kl_forward: bool = False,
     kl_reverse: bool = False,
     chunk_size: int | None = None,
+    policy_stats: bool = False,
 ) -> TokenStats:
     """Per-token log-probs (and KLs) of ``labels`` from final hidden states.
 
@@ -167,10 +208,14 @@ def token_stats(
         kl_reverse: also compute :math:`D^{\\mathrm{rev}}_t`.
         chunk_size: ``None`` for the eager path, else the number of response rows
             per chunk of the recomputing chunked path.
+        policy_stats: also compute the detached statistics of the policy's
+            distribution (:data:`POLICY_STATS`); they change neither the
+            log-probs nor any gradient.
 
     Returns:
         :class:`TokenStats` on the shifted ``[batch, L-1]`` axis; the reference
-        fields are set when ``reference_hidden`` is given, the KLs when asked.
+        fields are set when ``reference_hidden`` is given, the KLs when asked,
+        the statistics when ``policy_stats``.
     """
     _check_arguments(
         labels,
@@ -193,6 +238,7 @@ def token_stats(
             reference_head=reference_head,
             kl_forward=kl_forward,
             kl_reverse=kl_reverse,
+            policy_stats=policy_stats,
         )
     batch_index, seq_index = mask.nonzero(as_tuple=True)
     values = _chunked(
@@ -207,6 +253,7 @@ def token_stats(
         kl_forward=kl_forward,
         kl_reverse=kl_reverse,
         chunk_size=chunk_size,
+        policy_stats=policy_stats,
     )
     return _scattered(values, mask)
 
@@ -246,12 +293,17 @@ def _scattered(values: "_RowStats", mask: Tensor) -> TokenStats:
             mask, rows
         )
 
+    columns = [None] * len(POLICY_STATS) if values.stats is None else values.stats.T
     return TokenStats(
         policy_logps=scatter(values.logps),
         response_mask=mask,
         reference_logps=scatter(values.reference_logps),
         kl_forward=scatter(values.kl_forward),
         kl_reverse=scatter(values.kl_reverse),
+        **{
+            name: scatter(column)
+            for name, column in zip(POLICY_STATS, columns, strict=True)
+        },
     )
 
 
@@ -280,15 +332,31 @@ def _eager(
     reference_head: nn.Module | None,
     kl_forward: bool,
     kl_reverse: bool,
+    policy_stats: bool,
 ) -> TokenStats:
     dtype = _compute_dtype(hidden.dtype)
-    policy_logp_all = F.log_softmax(head(hidden).to(dtype), dim=-1)
+    logits = head(hidden).to(dtype)
+    policy_logp_all = F.log_softmax(logits, dim=-1)
     safe_targets = targets.clamp(min=0).unsqueeze(-1)
     zero = torch.zeros((), dtype=dtype, device=hidden.device)
 
     def masked(values: Tensor) -> Tensor:
         return torch.where(mask, values, zero)
 
+    stats: dict[str, Tensor] = {}
+    if policy_stats:
+        with torch.no_grad():
+            # the response rows' logits, copied (the copy is overwritten)
+            columns = distribution_stats(
+                logits.detach()[mask], policy_logp_all.detach()[mask], targets[mask]
+            )
+        stats = {
+            name: torch.zeros(
+                mask.shape, dtype=dtype, device=mask.device
+            ).masked_scatter(mask, column)
+            for name, column in zip(POLICY_STATS, columns.unbind(-1), strict=True)
+        }
+    del logits
     policy_logps = masked(policy_logp_all.gather(-1, safe_targets).squeeze(-1))
     reference_logps = forward = reverse = None
     if reference_hidden is not None and reference_head is not None:
@@ -309,7 +377,50 @@ def _eager(
         reference_logps=reference_logps,
         kl_forward=forward,
         kl_reverse=reverse,
+        **stats,
     )
+
+
+def distribution_stats(
+    logits: Float[Tensor, "*rows vocab"],
+    logps: Float[Tensor, "*rows vocab"],
+    targets: Int[Tensor, "*rows"],
+) -> Float[Tensor, "*rows 4"]:
+    """The columns of :data:`POLICY_STATS` per row, from the logits ``z`` and
+    their log-softmax (both in the compute dtype; call without gradient).
+
+    **Overwrites** ``logits``, its work buffer: allocating fresh ``[rows, vocab]``
+    buffers costs more than the arithmetic on CPU, so the statistics allocate
+    none. In order: the mean logit; the top-1 hit (``z_y`` is the row maximum and
+    no earlier entry equals it, i.e. :func:`torch.argmax`'s first maximum, as
+    TRL's ``is_top1`` counts; a ``-100`` target never hits); then ``z`` becomes
+    :math:`p = e^{\\log p}` for :math:`\\log \\sum_v p_v^2 = 2 \\log \\|p\\|_2`
+    (equal to :math:`\\mathrm{logsumexp}(2z) - 2\\,\\mathrm{logsumexp}(z)`), and
+    :math:`p \\odot \\log p` for the entropy.
+    """
+    means = logits.mean(-1)
+    top1 = _first_maximum_is(logits, targets).to(logits.dtype)
+    probs = torch.exp(logps, out=logits)
+    collision = 2.0 * torch.linalg.vector_norm(probs, dim=-1).log()
+    entropy = -probs.mul_(logps).sum(-1)
+    return torch.stack((collision, means, entropy, top1), dim=-1)
+
+
+def _first_maximum_is(
+    logits: Float[Tensor, "*rows vocab"], targets: Int[Tensor, "*rows"]
+) -> Bool[Tensor, "*rows"]:
+    """Whether each row's first maximum is at ``targets``; overwrites ``logits``.
+
+    The maxima become :math:`v - V` (negative) and every other entry 0, so the
+    row minimum is the first maximum's :math:`v - V`: two reductions and one
+    in-place product, no ``argmax`` pass and no host sync. (Positions are exact
+    in the compute dtype, at least float32, for vocabularies below :math:`2^{24}`.)
+    """
+    vocab = logits.shape[-1]
+    maximum = logits.amax(-1, keepdim=True)
+    offsets = torch.arange(vocab, device=logits.device, dtype=logits.dtype) - vocab
+    first = logits.eq_(maximum).mul_(offsets).amin(-1) + vocab
+    return first.to(targets.dtype) == targets
 
 
 def kl_from_logps(
@@ -334,6 +445,7 @@ class _RowStats:
     reference_logps: Float[Tensor, " rows"] | None
     kl_forward: Float[Tensor, " rows"] | None
     kl_reverse: Float[Tensor, " rows"] | None
+    stats: Float[Tensor, "rows 4"] | None
 
 
 def _head_dtype(hidden: Tensor) -> torch.dtype:
@@ -361,6 +473,7 @@ def _chunked(
     kl_forward: bool,
     kl_reverse: bool,
     chunk_size: int,
+    policy_stats: bool,
 ) -> _RowStats:
     weight, bias = params
     if reference_hidden is None or reference_params is None:
@@ -373,7 +486,7 @@ def _chunked(
         reference_bias = (
             None if reference_params[1] is None else reference_params[1].detach()
         )
-    logps, reference_logps, forward, reverse = _ChunkedHead.apply(
+    logps, reference_logps, forward, reverse, stats = _ChunkedHead.apply(
         hidden,
         weight,
         bias,
@@ -385,12 +498,14 @@ def _chunked(
         kl_forward,
         kl_reverse,
         chunk_size,
+        policy_stats,
     )
     return _RowStats(
         logps=logps,
         reference_logps=reference_logps if reference_hidden is not None else None,
         kl_forward=forward if kl_forward else None,
         kl_reverse=reverse if kl_reverse else None,
+        stats=stats if policy_stats else None,
     )
 
 
@@ -438,14 +553,18 @@ class _Head:
         rows = self.hidden[self.batch_index[chunk], self.seq_index[chunk]]
         return rows.to(self.matmul_dtype)
 
+    def logits(self, rows: Tensor) -> Tensor:
+        """:math:`W h + b` in the matmul dtype, returned in the compute dtype."""
+        return F.linear(rows, self.weight, self.bias).to(self.dtype)
+
     def log_softmax(self, rows: Tensor) -> Tensor:
         """:math:`\\log\\mathrm{softmax}(W h + b)` in the compute dtype."""
-        logits = F.linear(rows, self.weight, self.bias)
-        return F.log_softmax(logits.to(self.dtype), dim=-1)
+        return F.log_softmax(self.logits(rows), dim=-1)
 
 
 class _ChunkedHead(torch.autograd.Function):
-    """Head + log-softmax + gather (+ KLs) over row chunks, recomputed in backward.
+    """Head + log-softmax + gather (+ KLs, + the detached statistics of
+    :func:`distribution_stats`) over row chunks, recomputed in backward.
 
     Only the hidden states (as given, never a gathered copy), the head parameters,
     the targets and the row positions are saved, and the reference hidden states
@@ -482,7 +601,8 @@ class _ChunkedHead(torch.autograd.Function):
         want_forward: bool,
         want_reverse: bool,
         chunk_size: int,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        want_stats: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         dtype = _compute_dtype(hidden.dtype)
         matmul_dtype = _head_dtype(hidden)
         reference_dtype = (
@@ -505,8 +625,7 @@ class _ChunkedHead(torch.autograd.Function):
                     reference_dtype,
                     dtype,
                 ),
-                want_forward,
-                want_reverse,
+                (want_forward, want_reverse, want_stats),
                 chunk_size,
             )
         keep_reference = want_forward or want_reverse
@@ -524,7 +643,7 @@ class _ChunkedHead(torch.autograd.Function):
         )
         ctx.chunk_size = chunk_size
         ctx.dtypes = (matmul_dtype, reference_dtype)
-        ctx.mark_non_differentiable(outputs[1])
+        ctx.mark_non_differentiable(outputs[1], outputs[4])
         ctx.set_materialize_grads(False)
         return outputs
 
@@ -535,6 +654,7 @@ class _ChunkedHead(torch.autograd.Function):
         _grad_reference_logps: Tensor | None,
         grad_forward: Tensor | None,
         grad_reverse: Tensor | None,
+        _grad_stats: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         (
             hidden,
@@ -576,7 +696,7 @@ class _ChunkedHead(torch.autograd.Function):
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            *(None,) * 9,
+            *(None,) * 10,
         )
 
 
@@ -584,11 +704,12 @@ def _chunked_forward(
     head: _Head,
     targets: Tensor,
     reference: _Head | None,
-    want_forward: bool,
-    want_reverse: bool,
+    wants: tuple[bool, bool, bool],
     chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-row log-probs, reference log-probs and KLs, one chunk at a time."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-row log-probs, reference log-probs, KLs and distribution statistics,
+    one chunk at a time (``wants``: forward KL, reverse KL, statistics)."""
+    want_forward, want_reverse, want_stats = wants
     dtype = head.dtype
     n = targets.shape[0]
     new = head.hidden.new_zeros
@@ -596,11 +717,16 @@ def _chunked_forward(
     reference_logps = new(n if reference is not None else 0, dtype=dtype)
     forward = new(n if want_forward else 0, dtype=dtype)
     reverse = new(n if want_reverse else 0, dtype=dtype)
+    stats = new(n if want_stats else 0, len(POLICY_STATS), dtype=dtype)
     for start in range(0, n, chunk_size):
         chunk = slice(start, start + chunk_size)
-        lp = head.log_softmax(head.rows(chunk))
+        logits = head.logits(head.rows(chunk))
+        lp = F.log_softmax(logits, dim=-1)
         index = targets[chunk].unsqueeze(-1)
         logps[chunk] = lp.gather(-1, index).squeeze(-1)
+        if want_stats:  # overwrites the logits buffer: no extra [chunk, vocab]
+            stats[chunk] = distribution_stats(logits, lp, targets[chunk])
+        del logits
         if reference is None:
             continue
         lq = reference.log_softmax(reference.rows(chunk))
@@ -609,7 +735,7 @@ def _chunked_forward(
             forward[chunk] = kl_from_logps(lq, lp)
         if want_reverse:
             reverse[chunk] = kl_from_logps(lp, lq)
-    return logps, reference_logps, forward, reverse
+    return logps, reference_logps, forward, reverse, stats
 
 
 def _chunked_backward(
@@ -700,7 +826,9 @@ def _chunk_logit_gradient(
 
 __all__ = [
     "IGNORE_INDEX",
+    "POLICY_STATS",
     "TokenStats",
+    "distribution_stats",
     "final_hidden_states",
     "kl_from_logps",
     "token_stats",

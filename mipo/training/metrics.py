@@ -5,6 +5,11 @@ Each micro-batch adds the objective's detached scalars and its token count to
 float64 / int64 device tensors (no host sync); a logging step averages them over
 the micro-batches since the last log, then over processes, and reads every value
 with one ``tolist``. The values equal a float64 host accumulation exactly.
+
+``num_tokens`` is TRL's: the running count of non-padding tokens (prompts
+included, chosen plus rejected, every process) of the training micro-batches
+of the steps taken so far; a checkpoint stores it, so a resumed run continues
+the count.
 """
 
 import resource
@@ -21,6 +26,7 @@ class MetricsAccumulator:
 
     def __init__(self, device: torch.device, step: int = 0) -> None:
         self.device = device
+        self.total_tokens = 0
         self.reset(step)
 
     def reset(self, step: int) -> None:
@@ -70,11 +76,20 @@ class MetricsAccumulator:
         record["learning_rate"] = learning_rate
         record["grad_norm"] = norm_value
         record["tokens_per_second"] = tokens / max(seconds, 1e-9)
-        record["num_tokens"] = int(tokens)
+        self.total_tokens += int(tokens)
+        record["num_tokens"] = self.total_tokens
         record["step_seconds"] = seconds / max(step - self.step, 1)
         record["peak_memory_mb"] = peak_memory_mb(self.device)
         self.reset(step)
         return record
+
+    def tokens_seen(self, accelerator: Any) -> int:
+        """The running token count including the open window (every process
+        joins; one host sync), for checkpoints."""
+        window = self.tokens
+        if accelerator.num_processes > 1:
+            window = accelerator.reduce(window, reduction="sum")
+        return self.total_tokens + int(window)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -105,14 +105,13 @@ class PackedSequences:
         def unpack(values: Tensor | None) -> Tensor | None:
             return None if values is None else self.unpack_shifted(values)
 
-        mask = self.unpack_shifted(stats.response_mask)
+        # every field is a per-token tensor on the shifted axis (or None)
         return dataclasses.replace(
             stats,
-            policy_logps=self.unpack_shifted(stats.policy_logps),
-            response_mask=mask,
-            reference_logps=unpack(stats.reference_logps),
-            kl_forward=unpack(stats.kl_forward),
-            kl_reverse=unpack(stats.kl_reverse),
+            **{
+                field.name: unpack(getattr(stats, field.name))
+                for field in dataclasses.fields(stats)
+            },
         )
 
 

@@ -39,7 +39,13 @@ from torch import Tensor
 from mipo.errors import NonFiniteLossError, TrainingStopped
 from mipo.objective import non_finite_message
 from mipo.training.batching import count_tokens
-from mipo.training.distributed import any_process, average_gradients, gather_lists
+from mipo.training.distributed import (
+    any_process,
+    average_gradients,
+    gather_lists,
+    sum_reducer,
+)
+from mipo.training.token_metrics import pooled_means
 
 
 @dataclass(kw_only=True, eq=False)
@@ -120,7 +126,7 @@ def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
     context = contextlib.nullcontext() if sync else accelerator.no_sync(body)
     with context:
         with accelerator.autocast():
-            pair_batch = run.builder(run.models, batch)
+            pair_batch, token_metrics = run.builder.build(run.models, batch)
         try:
             out, bad = state.unchecked(run.objective)(pair_batch), None
         except NonFiniteLossError as error:  # raised by a part, not a check
@@ -134,7 +140,9 @@ def micro_step(run: Any, batch: Any, *, sync: bool) -> None:
             state.bad = _agreed_bad_step(accelerator, bad)
             return
         accelerator.backward(out.loss)
-    state.pending.append((out.metrics, count_tokens(batch.tensors)))
+    reduce = sum_reducer(accelerator)  # TRL pools the token sums over processes
+    metrics = {**out.metrics, **pooled_means(token_metrics, reduce)}
+    state.pending.append((metrics, count_tokens(batch.tensors)))
     state.checks.append(
         LossCheck(
             finite=torch.isfinite(out.loss.detach()),

@@ -102,6 +102,9 @@ def _optional_modules() -> dict[str, tuple[str, ...]]:
             "mipo.training.services.base",
             "mipo.training.evaluate",
             "mipo.training.logps",
+            "mipo.training.checkpoint",
+            "mipo.training.sharding",
+            "mipo.training.precision",
             "mipo.data",
         ),
     }

@@ -4,8 +4,10 @@ The trainer is generic over :class:`~mipo.objective.Objective`: it reads
 ``objective.needs`` and ``objective.services`` and supplies exactly those inputs
 (:mod:`mipo.training.batching`, :mod:`mipo.training.services`); it never asks
 which method it runs. It runs on accelerate, so the same command works on one
-CPU, one GPU, or under ``accelerate launch`` (DDP, FSDP, DeepSpeed; see
-``docs/accelerate/``).
+CPU, one GPU, or several processes under ``torchrun`` (DDP, or FSDP2 sharding
+of policy and reference with ``--train.sharding=fsdp2``,
+:mod:`mipo.training.sharding`) or ``accelerate launch`` (DeepSpeed); see
+``docs/guides/scaling.md``.
 
 Python API::
 

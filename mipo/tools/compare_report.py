@@ -191,7 +191,7 @@ def update_page(result: dict[str, Any], page: Path) -> Path:
         f"(held-out prompts: {result['methods'][0]['gold_reward']['n'] if result['methods'][0]['gold_reward'] else 'n/a'} "
         f"per seed), model `{budget['model']}`, {budget['max_steps']} steps of "
         f"{budget['batch_size']} pairs, AdamW lr {budget['learning_rate']} constant after "
-        f"{budget['warmup_steps']} warmup steps, every other setting the recipe's own.",
+        f"{_warmup(budget)}, every other setting the recipe's own.",
         "",
         table(result),
         "",
@@ -209,6 +209,17 @@ def update_page(result: dict[str, Any], page: Path) -> Path:
     _, _, tail = rest.partition(END)
     page.write_text(head + body + tail)
     return page
+
+
+def _warmup(budget: dict[str, Any]) -> str:
+    """The budget's warmup in words (``TrainConfig.warmup_steps`` as
+    transformers 5 reads it, else the ratio)."""
+    steps = budget.get("warmup_steps")
+    if steps is None:
+        return f"a warmup over {budget['warmup_ratio']:g} of the steps"
+    if 0 < steps < 1:
+        return f"a warmup over {steps:g} of the steps"
+    return f"{steps:g} warmup steps"
 
 
 __all__ = [

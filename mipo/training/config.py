@@ -30,8 +30,12 @@ class TrainConfig:
         weight_decay: decoupled weight decay (AdamW) or L2 (RMSprop).
         lr_schedule: ``"cosine"`` or ``"constant"``, after linear warmup.
         warmup_ratio: share of optimiser steps spent warming up (used when
-            ``warmup_steps`` is 0).
-        warmup_steps: warmup length in optimiser steps (wins over the ratio).
+            ``warmup_steps`` is unset).
+        warmup_steps: the warmup, as transformers 5 reads it: that many
+            optimiser steps when >= 1 (a whole number), that share of the run's
+            steps when in (0, 1), none when 0; unset (``None``, the default):
+            ``warmup_ratio`` decides. Set, it wins over the ratio, so
+            ``--train.warmup_steps=0`` removes the warmup of any recipe.
         epochs: passes over the training pairs.
         max_steps: stop after this many optimiser steps (0: train for ``epochs``).
         batch_size: pairs per micro-batch per process.
@@ -124,7 +128,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_ratio: float = 0.1
-    warmup_steps: int = 0
+    warmup_steps: int | float | None = None
     epochs: float = 1.0
     max_steps: int = 12
     batch_size: int = 4
@@ -190,7 +194,6 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}: must be > 0, got {value}")
         non_negative = (
             "max_examples",
-            "warmup_steps",
             "max_steps",
             "max_grad_norm",
             "weight_decay",
@@ -212,6 +215,7 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.eval_fraction: must be in [0, 1), got {self.eval_fraction}"
             )
+        _check_warmup_steps(self.warmup_steps)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(
                 f"TrainConfig.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}"
@@ -247,4 +251,24 @@ class TrainConfig:
             raise ValueError("TrainConfig.reference='adapter_off' needs lora_rank > 0")
 
 
-__all__ = ["TrainConfig"]
+def _check_warmup_steps(steps: int | float | None) -> None:
+    """``warmup_steps``: unset, 0, a share in (0, 1), or a whole number >= 1."""
+    if steps is None:
+        return
+    if not (math.isfinite(steps) and steps >= 0 and (steps < 1 or steps % 1 == 0)):
+        raise ValueError(
+            f"TrainConfig.warmup_steps: must be 0 (no warmup), a share of the run "
+            f"in (0, 1), or a whole number of steps, got {steps}"
+        )
+
+
+def warmup_length(config: TrainConfig, total_steps: int) -> int:
+    """Optimiser steps of linear warmup in a run of ``total_steps``
+    (:attr:`TrainConfig.warmup_steps`, else :attr:`TrainConfig.warmup_ratio`)."""
+    steps = config.warmup_steps
+    if steps is None:
+        return math.ceil(config.warmup_ratio * total_steps)
+    return int(steps) if steps >= 1 else math.ceil(steps * total_steps)
+
+
+__all__ = ["TrainConfig", "warmup_length"]

@@ -26,7 +26,7 @@ from mipo.training import checkpoint as checkpoints
 from mipo.training.batching import BatchBuilder, check_served
 from mipo.training.cli import OverrideError, jsonable, resolve
 from mipo.training.command import print_warning
-from mipo.training.config import TrainConfig
+from mipo.training.config import TrainConfig, warmup_length
 from mipo.training.gold import resolve_gold
 from mipo.training.interrupts import StopRequest
 from mipo.training.loaders import RunData, load_run_data, make_loader
@@ -514,7 +514,7 @@ def _optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> Any:
 def _scheduler(config: TrainConfig, optimizer: Any, total_steps: int) -> Any:
     from transformers import get_scheduler
 
-    warmup = config.warmup_steps or math.ceil(config.warmup_ratio * total_steps)
+    warmup = warmup_length(config, total_steps)
     if warmup > total_steps:
         # Said out loud: a short run would otherwise never reach the peak rate.
         print(

@@ -123,7 +123,11 @@ def run_recipe(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]
     if done.returncode != 0:
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         errors = [line for line in lines if "error" in line.lower()] or lines or ["?"]
-        return {"error": errors[-1][:300], "wall_seconds": wall}
+        error = errors[-1]
+        error = (
+            error[error.find("mipo: error:") :] if "mipo: error:" in error else error
+        )
+        return {"error": error[:300], "wall_seconds": wall}
     metrics = next(out.glob("*/metrics.jsonl"))
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     steps = [r for r in records if "tokens_per_second" in r and "loss" in r]

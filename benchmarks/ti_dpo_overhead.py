@@ -23,6 +23,12 @@ Variants and parts:
 The random generator is reseeded before every call, so every TI-DPO call
 samples the same anchor.
 
+After the rounds, ``phases`` times the parts *inside* the TI-DPO step
+(``--phase-calls`` calls, medians of process-CPU seconds): anchor sampling, the
+reference forwards (pairs, then anchor), the policy forwards with the head
+(pairs, then anchor), the attribution's backward through the policy graph, the
+objective and the loss backward. ``--rounds 0`` runs only this.
+
 Usage (CPU)::
 
     python benchmarks/ti_dpo_overhead.py              # recipe defaults, 7 rounds
@@ -97,8 +103,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def build(args: argparse.Namespace) -> tuple[dict[str, Callable[[], Any]], dict]:
-    """The timed calls by name, and a description of the batch."""
+def build(args: argparse.Namespace) -> tuple[dict[str, Callable[[], Any]], dict, Any]:
+    """The timed calls by name, a description of the batch, and the models."""
     variants = objectives()
     config = recipe_config(args.model, args.batch_size)
     needs = frozenset().union(*(o.needs for o in variants.values()))
@@ -168,7 +174,50 @@ def build(args: argparse.Namespace) -> tuple[dict[str, Callable[[], Any]], dict]
         ],
         "anchor_max_new_tokens": sampling.max_new_tokens,
     }
-    return calls, batch
+    return calls, batch, models
+
+
+def phases(run: Callable[[], None], reference: Any, calls: int, seed: int) -> dict:
+    """Median CPU seconds of the parts of ``run`` (a TI-DPO step) over ``calls``
+    calls after a warm-up; a part that runs twice per step (pairs, then anchor)
+    lists both. Patches the timed functions for the rest of the process."""
+    from mipo.training import batching
+    from mipo.training.services import anchor, attribution
+
+    parts: dict[str, list[float]] = {}
+
+    def timing(owner: Any, name: str, label: str) -> None:
+        real = getattr(owner, name)
+
+        def timed_part(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            out = real(*args, **kwargs)
+            parts.setdefault(label, []).append(time.process_time() - start)
+            return out
+
+        setattr(owner, name, timed_part)
+
+    timing(anchor, "generate_anchor", "anchor_sampling")
+    timing(attribution, "attribution_from_forward", "attribution_backward")
+    timing(attribution, "attribution_scores", "attribution_extra_forward")
+    timing(batching.CausalLMBody, "forward", "policy_forward_and_head")
+    timing(reference, "hidden_states", "reference_forward")
+    timing(batching.BatchBuilder, "__call__", "batch_build")
+    per_call = []
+    for _ in range(calls + 1):
+        parts.clear()
+        torch.manual_seed(seed)
+        start = time.process_time()
+        run()
+        whole = time.process_time() - start
+        parts["objective_and_backward"] = [whole - sum(parts["batch_build"])]
+        parts["whole_step"] = [whole]
+        per_call.append({k: list(v) for k, v in parts.items()})
+    per_call = per_call[1:]
+    return {
+        k: [statistics.median(c[k][i] for c in per_call) for i in range(len(v))]
+        for k, v in per_call[0].items()
+    }
 
 
 def _pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -211,18 +260,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phase-calls", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    calls, batch = build(args)
+    calls, batch, models = build(args)
     load_before = os.getloadavg()
-    for run in calls.values():  # warm-up
-        timed(run, args.seed)
-    rounds = [
-        {name: timed(run, args.seed) for name, run in calls.items()}
-        for _ in range(args.rounds)
-    ]
-    report = {
-        **summary(rounds),
+    report: dict[str, Any] = {}
+    if args.rounds:
+        for run in calls.values():  # warm-up
+            timed(run, args.seed)
+        rounds = [
+            {name: timed(run, args.seed) for name, run in calls.items()}
+            for _ in range(args.rounds)
+        ]
+        report |= summary(rounds)
+    if args.phase_calls:
+        report["phases_cpu_seconds"] = phases(
+            calls["ti_dpo"], models.reference, args.phase_calls, args.seed
+        )
+    report |= {
         "batch": batch,
         "rounds": args.rounds,
         "model": args.model,

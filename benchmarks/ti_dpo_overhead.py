@@ -1,32 +1,47 @@
-"""Time one TI-DPO training step against one DPO step on the same model and batch.
+"""TI-DPO's training step against DPO's (and OTPO's), side by side in one run.
 
-Both steps run what ``mipo.train`` runs per micro-batch: the batch builder
-(forwards and services) for the objective's needs, the objective, and the
-backward. The
-TI-DPO step is broken down into its extra parts, each timed on its own:
+Every variant runs what ``mipo.train`` runs per micro-batch: the batch builder
+(services and forwards) for the objective's needs, the objective, and the
+backward, on the same micro-batch of the TI-DPO recipe's own data and lengths
+(``recipes/ti_dpo.py``: ``train`` and ``make_objective()`` defaults), with
+SmolLM2-135M-Instruct. The variants are **interleaved**: each round runs every
+variant once, in the same order, so a change of machine load hits all of them
+alike; the report gives the median over rounds of each variant's seconds and
+of its per-round ratio to the DPO step of the same round.
 
-* ``tdpo2_full_vocab_kl``: the TDPO2 step minus the DPO step (the
-  full-vocabulary forward KL of the base loss);
-* ``attribution_as_the_trainer_runs_it``: :func:`mipo.training.services.attribution.attribution_scores`
-  on the chosen + rejected rows (the trainer skips the anchor rows, whose weights
-  are never read; ``attribution_pairs_and_anchor`` times all rows for comparison);
-* ``generation``: :func:`mipo.training.services.anchor.generate_anchor` (policy sampling);
-* ``anchor_forwards_and_triplet``: TI-DPO minus TI-DPO without the triplet
-  (gamma = 0), minus generation: the policy forward with gradient and the
-  reference forward on the anchor rows, and the triplet term;
-* ``weighting_remainder``: TI-DPO without triplet minus TDPO2 minus attribution.
+Variants and parts:
 
-Usage (CPU; SmolLM2-135M-Instruct from ``mipo.training.assets``, built-in arithmetic data)::
+* ``dpo``, ``otpo``, ``tdpo2`` (TI-DPO's base, ``recipes/tdpo.py``): whole steps;
+* ``ti_dpo_no_triplet``: TI-DPO with ``gamma=0`` (base + attribution weights);
+* ``ti_dpo``: the recipe defaults;
+* ``generation``: :func:`mipo.training.services.anchor.generate_anchor` alone;
+* ``attribution``: :func:`mipo.training.services.attribution.attribution_scores`
+  on the chosen and rejected rows alone (what the trainer runs);
+* derived: ``anchor_forwards_and_triplet`` = ti_dpo - ti_dpo_no_triplet -
+  generation; ``attribution_weighting`` = ti_dpo_no_triplet - tdpo2.
 
-    python benchmarks/ti_dpo_overhead.py --batch-size 4 --repeats 5
-    python benchmarks/ti_dpo_overhead.py --model /path/to/hf_dir
+The random generator is reseeded before every call, so every TI-DPO call
+samples the same anchor.
 
-Prints one JSON object (median seconds per part, ratios to DPO, machine info).
+After the rounds, ``phases`` times the parts *inside* the TI-DPO step
+(``--phase-calls`` calls, medians of process-CPU seconds): anchor sampling, the
+reference forwards (pairs, then anchor), the policy forwards with the head
+(pairs, then anchor), the attribution's backward through the policy graph, the
+objective and the loss backward. ``--rounds 0`` runs only this.
+
+Usage (CPU)::
+
+    python benchmarks/ti_dpo_overhead.py              # recipe defaults, 7 rounds
+    python benchmarks/ti_dpo_overhead.py --rounds 3 --threads 2
+
+Prints one JSON object: medians (wall and process-CPU seconds), per-round
+ratios to DPO, the batch's shape and the machine (load average included).
 """
 
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
@@ -36,8 +51,7 @@ from typing import Any
 import torch
 
 from mipo.objective import Objective
-from mipo.services import AnchorSampling
-from mipo.training.batching import BatchBuilder, stack_sequences
+from mipo.training.batching import BatchBuilder
 from mipo.training.config import TrainConfig
 from mipo.training.loaders import load_run_data, make_loader
 from mipo.training.models import load_models
@@ -47,67 +61,66 @@ from mipo.training.services.anchor import generate_anchor
 from mipo.training.services.attribution import attribution_scores
 
 
-def median_seconds(run: Callable[[], Any], repeats: int, seed: int) -> dict:
-    """Median wall and process-CPU seconds of ``run`` over ``repeats`` calls after
-    one warm-up call; the RNG is reseeded before each call so sampled anchors
-    repeat. On a shared machine the CPU time (with ``--threads 1``) is the
-    steadier measure of the work done."""
-    wall, cpu = [], []
-    for index in range(repeats + 1):
-        torch.manual_seed(seed)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        run()
-        if index:
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+def recipe_config(model: str, batch_size: int | None) -> TrainConfig:
+    """The TI-DPO recipe's ``train`` with the benchmark's model (and batch size)."""
+    train = load_recipe("ti_dpo").train
+    changes: dict[str, Any] = {"model": model}
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    return dataclasses.replace(train, **changes)
 
 
-def with_sampling(objective: Objective, sampling: AnchorSampling) -> Objective:
-    """``objective`` with every triplet term's anchor sampled by ``sampling``."""
-    terms = tuple(
-        dataclasses.replace(t, term=dataclasses.replace(t.term, sampling=sampling))
-        if hasattr(t.term, "sampling")
-        else t
-        for t in objective.terms
-    )
-    return dataclasses.replace(objective, terms=terms)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def objectives() -> dict[str, Objective]:
+    """The variants' objectives, each from its recipe's defaults."""
     ti_dpo = load_recipe("ti_dpo")
-    full: Objective = ti_dpo.objective
-    sampling = AnchorSampling(max_new_tokens=args.max_new_tokens)
-    config = TrainConfig(
-        model=args.model,
-        max_examples=64,
-        max_length=ti_dpo.train.max_length,
-        max_prompt_length=ti_dpo.train.max_prompt_length,
-    )
-    policy, reference, tokenizer, _ = load_models(config, full.needs)
+    return {
+        "dpo": load_recipe("dpo").objective,
+        "otpo": load_recipe("otpo").objective,
+        "tdpo2": load_recipe("tdpo").objective,
+        "ti_dpo_no_triplet": ti_dpo.make_objective(gamma=0.0),
+        "ti_dpo": ti_dpo.objective,
+    }
+
+
+def timed(run: Callable[[], Any], seed: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one call, the RNG seeded first."""
+    torch.manual_seed(seed)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "load_average": os.getloadavg(),
+    }
+
+
+def build(args: argparse.Namespace) -> tuple[dict[str, Callable[[], Any]], dict, Any]:
+    """The timed calls by name, a description of the batch, and the models."""
+    variants = objectives()
+    config = recipe_config(args.model, args.batch_size)
+    needs = frozenset().union(*(o.needs for o in variants.values()))
+    policy, reference, tokenizer, _ = load_models(config, needs)
     data = load_run_data(config, tokenizer)
     loader = make_loader(
-        data.train, batch_size=args.batch_size, pad_token_id=tokenizer.pad_token_id
+        data.train, batch_size=config.batch_size, pad_token_id=tokenizer.pad_token_id
     )
     tensors = next(iter(loader)).tensors
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     models = Models(
         policy=policy, reference=reference, pad_token_id=pad, eos_token_id=eos
     )
+    setup = ServiceSetup(config=config, models=models, device=torch.device("cpu"))
 
     def step(objective: Objective) -> Callable[[], None]:
-        objective = with_sampling(objective, sampling)
-        setup = ServiceSetup(config=config, models=models, device=torch.device("cpu"))
         builder = BatchBuilder(
             needs=objective.needs,
             services=build_services(objective.services, setup),
@@ -120,6 +133,8 @@ def main() -> None:
 
         return run
 
+    sampling = variants["ti_dpo"].terms[0].term.sampling
+
     def anchor() -> Any:
         return generate_anchor(
             policy,
@@ -130,76 +145,144 @@ def main() -> None:
             eos_token_id=eos,
         )
 
+    def attribution() -> Any:
+        rows = [tensors.chosen, tensors.rejected]
+        width = max(s.input_ids.shape[1] for s in rows)
+        ids = torch.cat([_pad(s.input_ids, width, pad) for s in rows])
+        mask = torch.cat([_pad(s.attention_mask, width, 0) for s in rows])
+        return attribution_scores(policy, ids, mask)
+
+    calls = {name: step(objective) for name, objective in variants.items()}
+    calls |= {"generation": anchor, "attribution": attribution}
     torch.manual_seed(args.seed)
     sample = anchor()
-    pair_rows = stack_sequences([tensors.chosen, tensors.rejected], pad_token_id=pad)
-    all_rows = stack_sequences(
-        [tensors.chosen, tensors.rejected, sample], pad_token_id=pad
-    )
-
-    def attribution(rows: tuple) -> Callable[[], Any]:
-        return lambda: attribution_scores(policy, rows[0], rows[1])
-
-    objectives = {
-        "dpo_step": load_recipe("dpo").objective,
-        "tdpo2_step": load_recipe("tdpo").objective,  # TI-DPO's base, unweighted
-        "ti_dpo_no_triplet_step": ti_dpo.make_objective(gamma=0.0),
-        "ti_dpo_step": ti_dpo.objective,
+    batch = {
+        "pairs": config.batch_size,
+        "dataset": config.dataset,
+        "chosen_rejected_padded_length": [
+            int(tensors.chosen.input_ids.shape[1]),
+            int(tensors.rejected.input_ids.shape[1]),
+        ],
+        "anchor_padded_length": int(sample.input_ids.shape[1]),
+        "tokens_chosen_rejected_anchor": [
+            int(s.attention_mask.sum())
+            for s in (tensors.chosen, tensors.rejected, sample)
+        ],
+        "response_tokens_chosen_rejected_anchor": [
+            int((s.labels != -100).sum())
+            for s in (tensors.chosen, tensors.rejected, sample)
+        ],
+        "anchor_max_new_tokens": sampling.max_new_tokens,
     }
-    timings = {
-        name: median_seconds(step(objective), args.repeats, args.seed)
-        for name, objective in objectives.items()
-    }
-    timings["attribution_pairs"] = median_seconds(
-        attribution(pair_rows), args.repeats, args.seed
-    )
-    timings["attribution_pairs_and_anchor"] = median_seconds(
-        attribution(all_rows), args.repeats, args.seed
-    )
-    timings["generation"] = median_seconds(anchor, args.repeats, args.seed)
+    return calls, batch, models
 
-    def breakdown(clock: str) -> dict[str, float]:
-        t = {name: value[clock] for name, value in timings.items()}
-        return {
-            "tdpo2_full_vocab_kl": t["tdpo2_step"] - t["dpo_step"],
-            "attribution_as_the_trainer_runs_it": t["attribution_pairs"],
-            "generation": t["generation"],
-            "anchor_forwards_and_triplet": t["ti_dpo_step"]
-            - t["ti_dpo_no_triplet_step"]
-            - t["generation"],
-            "weighting_remainder": t["ti_dpo_no_triplet_step"]
-            - t["tdpo2_step"]
-            - t["attribution_pairs"],
-            "ratio_ti_dpo_to_dpo": t["ti_dpo_step"] / t["dpo_step"],
-            "ratio_ti_dpo_no_triplet_to_dpo": t["ti_dpo_no_triplet_step"]
-            / t["dpo_step"],
+
+def phases(run: Callable[[], None], reference: Any, calls: int, seed: int) -> dict:
+    """Median CPU seconds of the parts of ``run`` (a TI-DPO step) over ``calls``
+    calls after a warm-up; a part that runs twice per step (pairs, then anchor)
+    lists both. Patches the timed functions for the rest of the process."""
+    from mipo.training import batching
+    from mipo.training.services import anchor, attribution
+
+    parts: dict[str, list[float]] = {}
+
+    def timing(owner: Any, name: str, label: str) -> None:
+        real = getattr(owner, name)
+
+        def timed_part(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            out = real(*args, **kwargs)
+            parts.setdefault(label, []).append(time.process_time() - start)
+            return out
+
+        setattr(owner, name, timed_part)
+
+    timing(anchor, "generate_anchor", "anchor_sampling")
+    timing(attribution, "attribution_from_forward", "attribution_backward")
+    timing(attribution, "attribution_scores", "attribution_extra_forward")
+    timing(batching.CausalLMBody, "forward", "policy_forward_and_head")
+    timing(reference, "hidden_states", "reference_forward")
+    timing(batching.BatchBuilder, "__call__", "batch_build")
+    per_call = []
+    for _ in range(calls + 1):
+        parts.clear()
+        torch.manual_seed(seed)
+        start = time.process_time()
+        run()
+        whole = time.process_time() - start
+        parts["objective_and_backward"] = [whole - sum(parts["batch_build"])]
+        parts["whole_step"] = [whole]
+        per_call.append({k: list(v) for k, v in parts.items()})
+    per_call = per_call[1:]
+    return {
+        k: [statistics.median(c[k][i] for c in per_call) for i in range(len(v))]
+        for k, v in per_call[0].items()
+    }
+
+
+def _pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    extra = width - tensor.shape[1]
+    return torch.nn.functional.pad(tensor, (0, extra), value=value)
+
+
+def summary(rounds: list[dict[str, tuple[float, float]]]) -> dict[str, Any]:
+    """Medians over rounds of each call's seconds, of each step's ratio to the
+    same round's DPO step, and of the derived parts."""
+    out: dict[str, Any] = {}
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        seconds = {k: [r[k][index] for r in rounds] for k in rounds[0]}
+        derived = {
+            "anchor_forwards_and_triplet": [
+                r["ti_dpo"][index]
+                - r["ti_dpo_no_triplet"][index]
+                - r["generation"][index]
+                for r in rounds
+            ],
+            "attribution_weighting": [
+                r["ti_dpo_no_triplet"][index] - r["tdpo2"][index] for r in rounds
+            ],
         }
+        out[f"seconds_{clock}"] = {
+            k: statistics.median(v) for k, v in (seconds | derived).items()
+        }
+        out[f"ratio_to_dpo_{clock}"] = {
+            k: statistics.median(a / d for a, d in zip(v, seconds["dpo"], strict=True))
+            for k, v in (seconds | derived).items()
+            if k != "dpo"
+        }
+    return out
 
-    response_tokens = [
-        int((s.labels != -100).sum())
-        for s in (tensors.chosen, tensors.rejected, sample)
-    ]
-    report = {
-        "seconds_median": timings,
-        "breakdown_cpu": breakdown("cpu"),
-        "breakdown_wall": breakdown("wall"),
-        "batch": {
-            "pairs": args.batch_size,
-            "padded_length": int(tensors.chosen.input_ids.shape[1]),
-            "anchor_padded_length": int(sample.input_ids.shape[1]),
-            "response_tokens_chosen_rejected_anchor": response_tokens,
-            "max_new_tokens": args.max_new_tokens,
-        },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-        },
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phase-calls", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    calls, batch, models = build(args)
+    load_before = os.getloadavg()
+    report: dict[str, Any] = {}
+    if args.rounds:
+        for run in calls.values():  # warm-up
+            timed(run, args.seed)
+        rounds = [
+            {name: timed(run, args.seed) for name, run in calls.items()}
+            for _ in range(args.rounds)
+        ]
+        report |= summary(rounds)
+    if args.phase_calls:
+        report["phases_cpu_seconds"] = phases(
+            calls["ti_dpo"], models.reference, args.phase_calls, args.seed
+        )
+    report |= {
+        "batch": batch,
+        "rounds": args.rounds,
         "model": args.model,
-        "repeats": args.repeats,
+        "machine": machine() | {"load_average_before": load_before},
     }
     print(json.dumps(report, indent=2))
 

@@ -4,16 +4,22 @@ objective needs: the one entry point used by training, evaluation and every tool
 A :class:`BatchBuilder` is made once per run from the needs and the services of
 the objective; calling it on a micro-batch runs, in order:
 
-1. the services' generated sides (TI-DPO's anchor), stacked with chosen and
-   rejected along the batch axis;
-2. the services' values computed from the stacked inputs (attribution scores);
-3. one reference forward without gradient, when a need reads the reference
-   (the table of needs, :data:`mipo.needs.NEEDS`), with every service's hooks
-   on it (mask models);
-4. one policy forward covering every side;
+1. the services' generated sides (TI-DPO's anchor);
+2. the services' values computed from the chosen and rejected rows, stacked
+   along the batch axis (attribution scores);
+3. one reference forward without gradient of those rows, when a need reads the
+   reference (the table of needs, :data:`mipo.needs.NEEDS`), with every
+   service's hooks on it (mask models);
+4. one policy forward of those rows, with every service's hooks on it (the
+   attribution reads its graph);
 5. the services' values computed from the forwards (masks, a fitted prior's
-   log-probs, cached reference log-probs);
-6. the sides: each needed field from the service that provides it, else from
+   log-probs, cached reference log-probs, attribution scores);
+6. the generated sides stacked on their own, and their own reference and
+   policy forwards (no service hooks), so chosen and rejected are never padded
+   to a generated side's length; a generated side gets what these forwards
+   compute (policy and reference log-probs, KLs, hidden states), no service
+   values;
+7. the sides: each needed field from the service that provides it, else from
    what the table says computes it (policy, reference, data).
 
 :meth:`BatchBuilder.build` also returns TRL's metrics of the policy's
@@ -176,37 +182,51 @@ class BatchBuilder:
         turns them into the logged means)."""
         batch = _indexed(batch)
         tensors = batch.tensors
-        parts: dict[str, Any] = {"chosen": tensors.chosen, "rejected": tensors.rejected}
-        for service in self.services:
-            parts |= {n.value: s for n, s in service.extra_sides(batch, models).items()}
-        ids, mask, labels, rows = stack_sequences(
-            list(parts.values()), pad_token_id=models.pad_token_id
-        )
-        stacked = Stacked(
-            input_ids=ids,
-            attention_mask=mask,
-            labels=labels,
-            rows=tuple(rows),
-            needs=self.needs,
-        )
+        pairs = [("chosen", tensors.chosen), ("rejected", tensors.rejected)]
+        generated = [
+            (need.value, sequences)
+            for service in self.services
+            for need, sequences in service.extra_sides(batch, models).items()
+        ]
+        stacked = self._stacked(models, pairs)
         values: dict[Need | str, Tensor] = {}
         for service in self.services:
             values |= service.before_forward(stacked, batch, models)
         forward = self._forward(models, stacked)
         for service in self.services:
             values |= service.after_forward(forward, batch, models)
+        sides: dict[str, Side] = {}
+        if generated:  # their own forward; their sides check themselves
+            extra = self._forward(models, self._stacked(models, generated), hooks=False)
+            sides |= self._sides(extra, {}, generated, first=len(pairs))
         weights = tensors.example_weights
         weights = None if weights is None else weights.float()
         # one host sync checks the values of every side at once; a failure is
         # built again with the sides' own checks, which name the field
         checked = values_checked() if _values_ok(forward, weights) else nullcontext()
         with checked:
-            sides = self._sides(forward, values, list(parts.items()))
+            sides = self._sides(forward, values, pairs) | sides
             pair_batch = PairBatch(**sides, example_weights=weights)
         return pair_batch, token_metrics(forward.stats, stacked.rows)
 
-    def _forward(self, models: Models, stacked: Stacked) -> Forward:
-        """The reference forward (with the services' hooks) and the policy forward."""
+    def _stacked(self, models: Models, parts: list[tuple[str, Any]]) -> Stacked:
+        """The parts' sequences right-padded to one length and stacked."""
+        ids, mask, labels, rows = stack_sequences(
+            [sequences for _, sequences in parts], pad_token_id=models.pad_token_id
+        )
+        return Stacked(
+            input_ids=ids,
+            attention_mask=mask,
+            labels=labels,
+            rows=tuple(rows),
+            needs=self.needs,
+        )
+
+    def _forward(
+        self, models: Models, stacked: Stacked, *, hooks: bool = True
+    ) -> Forward:
+        """The reference forward and the policy forward, each with the services'
+        hooks on it when ``hooks``."""
         run_ids, run_mask, run_labels = (
             stacked.input_ids,
             stacked.attention_mask,
@@ -220,12 +240,13 @@ class BatchBuilder:
             run_labels, positions = packed.labels, packed.position_ids
         reference = models.reference
         reference_hidden = reference_head = None
+        services = self.services if hooks else ()
         captured: dict[Service, Any] = {}
         if self._reads_reference(models):
-            with contextlib.ExitStack() as hooks:
+            with contextlib.ExitStack() as stack:
                 model = getattr(reference, "model", None)
-                for service in self.services:
-                    captured[service] = hooks.enter_context(
+                for service in services:
+                    captured[service] = stack.enter_context(
                         service.reference_hooks(model)
                     )
                 reference_hidden = reference.hidden_states(
@@ -233,18 +254,25 @@ class BatchBuilder:
                 )
             reference_head = reference.head
         body = CausalLMBody(models.policy) if models.body is None else models.body
-        hidden, stats = body(
-            run_ids,
-            run_mask,
-            run_labels,
-            reference_hidden=reference_hidden,
-            reference_head=reference_head,
-            kl_forward=Need.KL_FORWARD in self.needs,
-            kl_reverse=Need.KL_REVERSE in self.needs,
-            chunk_size=self.chunk_size,
-            position_ids=positions,
-            policy_stats=self.metrics or Need.LOG_COLLISION in self.needs,
-        )
+        policy_captured: dict[Service, Any] = {}
+        with contextlib.ExitStack() as stack:
+            for service in services:
+                policy_captured[service] = stack.enter_context(
+                    service.policy_hooks(models.policy)
+                )
+            hidden, stats = body(
+                run_ids,
+                run_mask,
+                run_labels,
+                reference_hidden=reference_hidden,
+                reference_head=reference_head,
+                kl_forward=Need.KL_FORWARD in self.needs,
+                kl_reverse=Need.KL_REVERSE in self.needs,
+                chunk_size=self.chunk_size,
+                position_ids=positions,
+                policy_stats=(self.metrics and hooks)
+                or Need.LOG_COLLISION in self.needs,
+            )
         if packed is not None:
             stats = packed.unpack_token_stats(stats)
             hidden = packed.unpack(hidden)
@@ -257,6 +285,7 @@ class BatchBuilder:
             reference_hidden=reference_hidden,
             reference_head=reference_head,
             captured=captured,
+            policy_captured=policy_captured,
         )
 
     def _reads_reference(self, models: Models) -> bool:
@@ -292,8 +321,11 @@ class BatchBuilder:
         forward: Forward,
         values: dict[Need | str, Tensor],
         parts: list[tuple[str, Any]],
+        *,
+        first: int = 0,
     ) -> dict[str, Side]:
-        """One :class:`Side` per part, each needed field from its provider."""
+        """One :class:`Side` per part, each needed field from its provider; the
+        parts are the ``first``-th onwards of the batch (0: chosen)."""
         computed = _computed_fields(forward, self.needs)
         length = forward.stacked.length
         needs = sorted(
@@ -303,7 +335,7 @@ class BatchBuilder:
         sides: dict[str, Side] = {}
         start = 0
         for index, ((name, data), count) in enumerate(
-            zip(parts, forward.stacked.rows, strict=True)
+            zip(parts, forward.stacked.rows, strict=True), start=first
         ):
             part = slice(start, start + count)
             start += count

@@ -16,13 +16,15 @@ everything model-side about it:
   (:class:`~mipo.training.batching.BatchBuilder`): extra generated sides
   (:meth:`Service.extra_sides`), values computed before the forwards
   (:meth:`Service.before_forward`), hooks on the reference forward
-  (:meth:`Service.reference_hooks`) and values computed from the forwards
+  (:meth:`Service.reference_hooks`) and on the policy forward
+  (:meth:`Service.policy_hooks`), and values computed from the forwards
   (:meth:`Service.after_forward`).
 
 Every value a service returns is a tensor over the rows of the stacked forward
-(chosen rows, then rejected rows, then generated rows), on the shifted axis; it
-may cover only the first rows (the chosen and rejected ones), and the table of
-needs (:data:`mipo.needs.NEEDS`) decides which sides receive it. A value keyed
+(chosen rows, then rejected rows), on the shifted axis, and the table of needs
+(:data:`mipo.needs.NEEDS`) decides which sides receive it. Generated sides
+(the anchor) run in a forward of their own, without the services' hooks, and
+receive no service values. A value keyed
 by a :class:`~mipo.batch.Side` field name instead of a need is a companion of
 the service's fields that no need names (the attribution score of the first
 token): it goes to the chosen and rejected sides.
@@ -116,6 +118,7 @@ class Forward:
         reference_hidden: the reference's final hidden states, or ``None``.
         reference_head: the reference's output embedding, or ``None``.
         captured: what each service's reference hooks recorded, by service.
+        policy_captured: what each service's policy hooks recorded, by service.
     """
 
     stacked: Stacked
@@ -124,6 +127,7 @@ class Forward:
     reference_hidden: Tensor | None = None
     reference_head: nn.Module | None = None
     captured: Mapping["Service", Any] = field(default_factory=dict)
+    policy_captured: Mapping["Service", Any] = field(default_factory=dict)
 
 
 @final
@@ -250,6 +254,15 @@ class Service:
     ) -> contextlib.AbstractContextManager[Any]:
         """A context active during the reference forward; its value reaches
         :meth:`after_forward` as ``forward.captured[self]``."""
+        return contextlib.nullcontext()
+
+    def policy_hooks(
+        self,
+        policy: nn.Module,  # noqa: ARG002
+    ) -> contextlib.AbstractContextManager[Any]:
+        """A context active during the policy forward of the chosen and rejected
+        rows (in the run's grad and train/eval modes); its value reaches
+        :meth:`after_forward` as ``forward.policy_captured[self]``."""
         return contextlib.nullcontext()
 
     def after_forward(

@@ -128,3 +128,27 @@ def test_the_command_line_parses_and_refuses(
         err = capsys.readouterr().err
         assert err.startswith("mipo: error:") and message in err
         assert "Traceback" not in err
+
+
+def test_unequal_pairs_per_step_are_said() -> None:
+    """OTPO's recipe accumulates 16 micro-batches: with only the batch size in the
+    budget it would see 16 times DPO's pairs per step, and compare says so; the
+    "Which method works here?" budget pins both."""
+    from mipo.tools.compare import (
+        WHICH_METHOD_BUDGET,
+        WHICH_METHOD_RECIPES,
+        budget_warning,
+        pairs_per_step,
+    )
+    from mipo.training.recipes import load_recipe
+
+    recipes = [load_recipe("dpo"), load_recipe("otpo")]
+    sizes = pairs_per_step(recipes, {"train.batch_size": 2})
+    assert sizes == {"dpo": 2, "otpo": 32}
+    warning = budget_warning(sizes)
+    assert warning is not None and "dpo 2, otpo 32" in warning
+    assert budget_warning({"dpo": 8, "simpo": 8}) is None
+    which = pairs_per_step(
+        [load_recipe(n) for n in WHICH_METHOD_RECIPES], WHICH_METHOD_BUDGET
+    )
+    assert set(which.values()) == {8}

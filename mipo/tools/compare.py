@@ -200,6 +200,32 @@ def _loss_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"step": step, **_spread([s[step] for s in smoothed])} for step in common]
 
 
+def pairs_per_step(recipes: Sequence[Recipe], shared: dict[str, Any]) -> dict[str, int]:
+    """Recipe name -> preference pairs per optimiser step and process
+    (``batch_size`` x ``gradient_accumulation_steps``) under the shared
+    overrides: what each method sees for the same number of steps."""
+    from mipo.training.cli import resolve
+
+    sizes = {}
+    for recipe in recipes:
+        config, _, _ = resolve(recipe, shared)
+        sizes[recipe.name] = config.batch_size * config.gradient_accumulation_steps
+    return sizes
+
+
+def budget_warning(sizes: dict[str, int]) -> str | None:
+    """One line when the recipes would see different numbers of pairs per step
+    (a recipe's own ``gradient_accumulation_steps`` the budget leaves alone)."""
+    if len(set(sizes.values())) <= 1:
+        return None
+    listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
+    return (
+        f"mipo: warning: compare: the recipes see different numbers of pairs per "
+        f"optimiser step ({listed}), so equal steps are not an equal budget; set "
+        "--train.batch_size and --train.gradient_accumulation_steps for all"
+    )
+
+
 def compare(
     recipes: Sequence[Any],
     *,
@@ -238,6 +264,9 @@ def compare(
     shared = dict(overrides or {})
     if gold:
         shared["train.gold"] = gold
+    sizes = pairs_per_step(chosen, shared)
+    if (warning := budget_warning(sizes)) is not None:
+        print(warning, file=sys.stderr)
     jobs = [(recipe, seed) for recipe in chosen for seed in seeds]
     bar = tqdm(total=len(jobs), desc="compare", disable=not progress, position=0)
     per_method: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -276,6 +305,7 @@ def compare(
             },  # fmt: skip
             "seeds": list(seeds),
             "evals": evals,
+            "pairs_per_step": sizes,
         },
         "methods": [_method_summary(name, per_method[name]) for name in names],
         "seconds": time.perf_counter() - started,
@@ -306,6 +336,7 @@ WHICH_METHOD_BUDGET = {
     "train.warmup_steps": 3,
     "train.max_steps": 16,
     "train.batch_size": 8,
+    "train.gradient_accumulation_steps": 1,  # OTPO's recipe accumulates 16
     "train.max_length": 128,
     "train.max_prompt_length": 96,
 }
@@ -429,4 +460,12 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["COMPARE_FILE", "REPORT_FILE", "compare", "main", "parse_arguments"]
+__all__ = [
+    "COMPARE_FILE",
+    "REPORT_FILE",
+    "budget_warning",
+    "compare",
+    "main",
+    "pairs_per_step",
+    "parse_arguments",
+]

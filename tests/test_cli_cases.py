@@ -292,6 +292,8 @@ CASES: list[tuple[str, str, int, str, str]] = [
     ("eval-two-args", "eval a b", 2, "expected one run directory, got ['a', 'b']", ""),
     ("eval-not-a-run", "eval {D}/folder", 2, "{D}/folder: not a run directory (has no config.json)", ""),
     ("eval-missing", "eval {D}/no_run", 2, "{D}/no_run: not a run directory (does not exist)", ""),
+    ("eval-gold-import", "eval {R}/model_only-run --gold=surely_not_a_module:f", 2, "cannot import 'surely_not_a_module'", ""),
+    ("eval-gold-missing-function", "eval {R}/model_only-run --gold=json:no_such_function", 2, "no_such_function", ""),
     ("weights-no-command", "weights", 2, "the following arguments are required: command; see python -m mipo.weights --help", ""),
     ("weights-no-data", "weights estimate --out {O}/w.jsonl --model {M}", 2, "the following arguments are required: --data", ""),
     ("weights-both-models", "weights estimate --data {D}/ok.jsonl --out {O}/w.jsonl --model {M} --positive {M}", 2, "give either --model (one model) or --positive and --negative", ""),
@@ -312,7 +314,11 @@ CASES: list[tuple[str, str, int, str, str]] = [
     ("dice-preset", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --preset fast", 2, "--preset: invalid choice: 'fast'", ""),
     ("dice-stray-argument", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x stray", 2, "unexpected argument 'stray'", ""),
     ("dice-reserved", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --train.dataset=x.jsonl", 2, "--train.dataset: set by mipo.dice in every round; leave it out", ""),
-    ("dice-self-reference", "dice dpo --prompts p.jsonl --score-reference {M} --out {O}/x --train.model={M}", 2, "every implicit reward would be 0", ""),
+    ("dice-self-reference", "dice dpo --prompts {D}/ok.jsonl --score-reference {M} --out {O}/x --train.model={M}", 2, "every implicit reward would be 0", ""),
+    # the inputs are read before any model path is resolved (here neither exists)
+    ("dice-prompts-missing", "dice dpo --prompts {D}/nope.jsonl --score-reference {D}/no_model --out {O}/x --train.model={D}/no_model", 2, "{D}/nope.jsonl: no such prompts file", ""),
+    ("dice-prompts-bad-line", "dice dpo --prompts {D}/bad_line3.jsonl --score-reference {D}/no_model --out {O}/x --train.model={D}/no_model", 2, "{D}/bad_line3.jsonl:3: invalid JSON", ""),
+    ("dice-offline-bad-line", "dice dpo --prompts {D}/ok.jsonl --offline {D}/bad_line3.jsonl --offline-ratio 0.5 --score-reference {D}/no_model --out {O}/x --train.model={D}/no_model", 2, "{D}/bad_line3.jsonl:3", ""),
     ("compare-no-recipe", "compare --evals 2", 2, "no recipe given", ""),
     ("compare-seeds", "compare dpo --seeds a", 2, "--seeds: expected integers like 0,1, got 'a'", ""),
     ("compare-evals", "compare dpo --evals 0", 2, "--evals: expected an integer >= 1, got '0'", ""),
@@ -408,6 +414,24 @@ def test_cli_case(
         assert not list(run_dir.glob("checkpoint-*"))
         assert "skipped" in (run_dir / "metrics.jsonl").read_text()
         RunLock(run_dir).release()  # the failed run let its lock go
+
+
+def test_eval_checks_its_gold_reward_before_loading_the_model(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mipo.training.setup as setup
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded before --gold was checked")
+
+    monkeypatch.setattr(setup, "load_models", refuse)
+    run = env.runs / "model_only-run"
+    before = (run / "eval.json").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        console(["eval", str(run), "--gold=surely_not_a_module:f"])
+    assert stop.value.code == 2
+    assert "cannot import 'surely_not_a_module'" in capsys.readouterr().err
+    assert (run / "eval.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

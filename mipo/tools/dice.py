@@ -819,6 +819,51 @@ RESERVED_OVERRIDES = ("train.dataset", "train.output_dir")
 """Overrides DICE sets itself in every round."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    config: Any
+    prompts: list[list[Message]]
+    offline: list[PreferenceRecord]
+    policy_path: str
+    score_reference: str
+
+
+def _read_inputs(
+    recipe: str | Path, settings: DiceSettings, overrides: dict[str, Any]
+) -> _Inputs:
+    """Every input of :func:`run_dice` checked, cheapest first: the overrides,
+    the recipe, the prompts and offline files, and only then the model paths
+    (which may convert a model); nothing is written and no model is loaded."""
+    from mipo.training.cli import OverrideError, resolve
+    from mipo.training.models import resolve_model_path
+    from mipo.training.recipes import load_recipe
+
+    reserved = [key for key in RESERVED_OVERRIDES if key in overrides]
+    if reserved:
+        raise OverrideError(
+            f"{', '.join('--' + key for key in reserved)}: set by mipo.dice in every "
+            "round; leave it out"
+        )
+    config, _, _ = resolve(load_recipe(recipe), overrides)
+    if config.lora_rank > 0 and settings.rounds > 1:
+        raise OverrideError(
+            "train.lora_rank > 0: a LoRA checkpoint holds only the adapter, and the "
+            "next round needs a full model directory as train.model; use full "
+            "fine-tuning for more than one round"
+        )
+    prompts = load_prompts(settings.prompts)
+    offline = load_records(settings.offline) if settings.offline is not None else []
+    policy_path = resolve_model_path(config.model)
+    score_reference = resolve_model_path(settings.score_reference)
+    if Path(policy_path).resolve() == Path(score_reference).resolve():
+        raise ValueError(
+            f"--score-reference {settings.score_reference}: it is the starting "
+            "policy itself, so every implicit reward would be 0; pass the model the "
+            "policy was DPO-trained from"
+        )
+    return _Inputs(config, prompts, offline, policy_path, score_reference)
+
+
 def run_dice(
     recipe: str | Path,
     settings: DiceSettings,
@@ -836,36 +881,14 @@ def run_dice(
     ``recipe`` on the pairs from the policy with ``overrides``. Returns the
     summary also written to ``out/summary.json``.
     """
-    from mipo.training.cli import OverrideError, resolve
-    from mipo.training.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from mipo.training.recipes import load_recipe
+    from mipo.training.models import load_causal_lm, load_tokenizer
     from mipo.training.run_dir import latest_checkpoint
     from mipo.training.trainer import train
 
     overrides = dict(overrides or {})
-    reserved = [key for key in RESERVED_OVERRIDES if key in overrides]
-    if reserved:
-        raise OverrideError(
-            f"{', '.join('--' + key for key in reserved)}: set by mipo.dice in every "
-            "round; leave it out"
-        )
-    config, _, _ = resolve(load_recipe(recipe), overrides)
-    if config.lora_rank > 0 and settings.rounds > 1:
-        raise OverrideError(
-            "train.lora_rank > 0: a LoRA checkpoint holds only the adapter, and the "
-            "next round needs a full model directory as train.model; use full "
-            "fine-tuning for more than one round"
-        )
-    policy_path = resolve_model_path(config.model)
-    score_reference = resolve_model_path(settings.score_reference)
-    if Path(policy_path).resolve() == Path(score_reference).resolve():
-        raise ValueError(
-            f"--score-reference {settings.score_reference}: it is the starting "
-            "policy itself, so every implicit reward would be 0; pass the model the "
-            "policy was DPO-trained from"
-        )
-    prompts = load_prompts(settings.prompts)
-    offline = load_records(settings.offline) if settings.offline is not None else []
+    inputs = _read_inputs(recipe, settings, overrides)
+    config, prompts, offline = inputs.config, inputs.prompts, inputs.offline
+    policy_path, score_reference = inputs.policy_path, inputs.score_reference
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

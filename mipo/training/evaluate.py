@@ -210,12 +210,14 @@ def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
         run_dir: the run directory.
         gold: a ``module:function`` gold reward (default: the run's own).
     """
-    from mipo.training.gold import gold_scores, resolve_gold
-    from mipo.training.run_dir import write_json
+    from mipo.training.gold import gold_scores, import_gold, resolve_gold
+    from mipo.training.run_dir import read_run_config, write_json
     from mipo.training.setup import load_saved_run
 
+    read_run_config(Path(run_dir))  # a run directory, before any import or load
+    given = import_gold(gold) if gold else None  # checked before the model loads
     saved = load_saved_run(Path(run_dir))
-    gold_reward = resolve_gold(saved.config.dataset, gold or saved.config.gold)
+    gold_reward = given or resolve_gold(saved.config.dataset, saved.config.gold)
     result: dict[str, Any] = {}
     if saved.data.eval:
         result = evaluate_pairs(

@@ -327,6 +327,64 @@ def test_evaluation_averages_the_batch_metrics(tiny: tuple) -> None:
         assert_close(result[f"eval/{name}"], expected, **F32, msg=name)
 
 
+def test_evaluation_split_over_two_processes_equals_one_process(
+    tiny: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three evaluation batches over two processes: process 0 scores batches 0
+    and 1, process 1 batch 2 and a padding copy of it (so both run two forwards,
+    as a sharded model needs), and the gathered result equals one process's
+    exactly, flags included."""
+    from types import SimpleNamespace
+
+    import mipo.training.distributed as distributed
+
+    tensors, models, halves = tiny
+    batches = [*halves, tensors]
+    objective = load_recipe("dpo").objective
+    cpu = torch.device("cpu")
+    flags_one: list[float] = []
+    one = evaluate_pairs(
+        objective, models, batches, device=cpu, chunk_size=4, correct=flags_one
+    )
+    blocks: dict[int, list] = {}
+
+    def gather(accelerator: SimpleNamespace, values: list) -> list:
+        blocks[accelerator.process_index] = values
+        return [value for rank in sorted(blocks) for value in blocks[rank]]
+
+    builds: list[int] = []
+    build = BatchBuilder.build
+
+    def counted(self: BatchBuilder, *args: object, **kwargs: object) -> tuple:
+        builds.append(1)
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "gather_lists", gather)
+    monkeypatch.setattr(BatchBuilder, "build", counted)
+    results, forwards = {}, {}
+    for rank in (1, 0):  # process 0 gathers last, when both blocks are in
+        builds.clear()
+        flags: list[float] = []
+        accelerator = SimpleNamespace(num_processes=2, process_index=rank)
+        results[rank] = evaluate_pairs(
+            objective,
+            models,
+            batches,
+            device=cpu,
+            chunk_size=4,
+            correct=flags,
+            accelerator=accelerator,
+        )
+        forwards[rank] = len(builds)
+    assert forwards == {0: 2, 1: 2}
+    assert len(blocks[0]) == 2 and len(blocks[1]) == 1  # the padding is dropped
+    assert results[0] == one
+    assert (
+        flags == flags_one
+        and one["eval/pairs"] == 2 * tensors.chosen.input_ids.shape[0]
+    )
+
+
 # --- training ---------------------------------------------------------------------
 
 

@@ -57,8 +57,9 @@ def evaluate_pairs(
     chunk_size: int | None = None,
     correct: list[float] | None = None,
     precision: str = "fp32",
+    accelerator: Any = None,
 ) -> dict[str, float | int]:
-    """Implicit-reward accuracy (with its 95 % bootstrap interval), margin, loss
+    """Implicit-reward accuracy (with its Wilson 95 % interval), margin, loss
     and chosen KL(pi||ref) per token.
 
     Extra terms are left out: they never enter the rewards, and some are costly to
@@ -69,7 +70,44 @@ def evaluate_pairs(
     run's ``precision`` (the objective then runs outside autocast, as in
     training). No autograd graph is kept: a service that takes gradients
     (TI-DPO's attribution) enables them around its own computation only.
+
+    With several processes (``accelerator``), each scores one contiguous block
+    of the batches, padded with the last batch (scored and dropped) so every
+    process runs the same number of forwards, as a sharded model needs; the
+    per-batch results are gathered in order, so the numbers equal one process's.
     """
+    from mipo.training.distributed import gather_lists, rank_share
+
+    batches = list(loader)
+    indices, share = rank_share(len(batches), accelerator)
+    mine = [batches[i] for i in indices]
+    padded = mine + batches[-1:] * (share - len(mine))
+    records = _batch_records(
+        objective,
+        models,
+        padded,
+        device=device,
+        services=services,
+        chunk_size=chunk_size,
+        precision=precision,
+    )
+    records = gather_lists(accelerator, records[: len(mine)])
+    return _pooled_records(records, correct, kl=models.reference is not None)
+
+
+def _batch_records(
+    objective: Objective,
+    models: Models,
+    batches: Sequence[Any],
+    *,
+    device: torch.device,
+    services: Sequence[Service],
+    chunk_size: int | None,
+    precision: str,
+) -> list[dict[str, Any]]:
+    """Per evaluation batch (host values): the pairs' correct flags, the margin
+    and link-loss sums, the chosen KL sum and token count, and TRL's head
+    metrics as the batch's means."""
     active = evaluation_services(objective, services)
     objective = dataclasses.replace(objective, terms=())
     wants_kl = models.reference is not None
@@ -81,51 +119,73 @@ def evaluate_pairs(
     policy = models.policy
     was_training = policy.training
     policy.eval()
-    totals = {"margin": 0.0, "loss": 0.0, "pairs": 0}
-    per_batch: dict[str, list[float]] = {}
-    flags: list[float] = []
-    kl_sum, kl_tokens = 0.0, 0.0
+    records: list[dict[str, Any]] = []
     try:
         with torch.no_grad(), evaluating(active):
-            for batch in loader:
+            for batch in batches:
                 with autocast(precision, device):
                     pair_batch, sums = builder.build(models, batch.to(device))
-                for key, value in pooled_means(sums).items():
-                    per_batch.setdefault(key, []).append(float(value))
                 out = objective(pair_batch)
                 chosen, rejected = out.chosen_rewards, out.rejected_rewards
-                flags += (chosen > rejected).double().tolist()
-                totals["margin"] += float((chosen - rejected).sum())
-                totals["loss"] += float(out.per_pair.detach().sum())
-                totals["pairs"] += chosen.shape[0]
+                record = {
+                    "flags": (chosen > rejected).double().tolist(),
+                    "margin": float((chosen - rejected).sum()),
+                    "loss": float(out.per_pair.detach().sum()),
+                    "means": {k: float(v) for k, v in pooled_means(sums).items()},
+                }
                 if wants_kl:
                     side = pair_batch.chosen
-                    kl_sum += float(side.masked_sum(side.kl_reverse.detach()).sum())
-                    kl_tokens += float(side.lengths.sum())
+                    kl = side.masked_sum(side.kl_reverse.detach()).sum()
+                    record["kl"] = (float(kl), float(side.lengths.sum()))
+                records.append(record)
     finally:
         policy.train(was_training)
-    pairs = max(totals["pairs"], 1)
+    return records
+
+
+def _pooled_records(
+    records: list[dict[str, Any]], correct: list[float] | None, *, kl: bool
+) -> dict[str, float | int]:
+    """The evaluation metrics from :func:`_batch_records`' per-batch values, in
+    batch order."""
+    flags = [flag for record in records for flag in record["flags"]]
+    pairs = max(len(flags), 1)
     if correct is not None:
         correct += flags
+    per_batch: dict[str, list[float]] = {}
+    for record in records:
+        for key, value in record["means"].items():
+            per_batch.setdefault(key, []).append(value)
     result = {
-        "eval/pairs": totals["pairs"],
+        "eval/pairs": len(flags),
         **interval_fields(
-            "eval/rewards/accuracies", wilson_interval(sum(flags), max(len(flags), 1))
+            "eval/rewards/accuracies", wilson_interval(sum(flags), pairs)
         ),
-        "eval/rewards/margins": totals["margin"] / pairs,
-        "eval/loss": totals["loss"] / pairs,
+        "eval/rewards/margins": _ordered_sum(r["margin"] for r in records) / pairs,
+        "eval/loss": _ordered_sum(r["loss"] for r in records) / pairs,
         **{f"eval/{k}": sum(v) / len(v) for k, v in sorted(per_batch.items())},
     }
-    if wants_kl:
+    if kl:
+        kl_sum = _ordered_sum(r["kl"][0] for r in records)
+        kl_tokens = _ordered_sum(r["kl"][1] for r in records)
         result["eval/kl_reverse_per_token"] = kl_sum / max(kl_tokens, 1.0)
     return result
+
+
+def _ordered_sum(values: Any) -> float:
+    """``0.0 + v1 + v2 + ...`` left to right: the running sum the one-process
+    loop formed, so gathered records give the same float."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
 
 
 def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
     """The evaluation of a training run at ``at_step``: the gold reward of greedy
     answers to the held-out prompts (the prompts split over the processes; the
     gain over step 0 on the main process) and, after step 0, the held-out pairs
-    (every process evaluates all of them). Every process must call it; scores
+    (the batches split over the processes). Every process must call it; scores
     go to ``eval_scores.json``."""
     result: dict[str, Any] = {"step": at_step}
     data, scores = run.data, run.scores
@@ -152,6 +212,7 @@ def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
         chunk_size=run.config.logps_chunk_size or None,
         correct=correct,
         precision=run.config.precision,
+        accelerator=run.accelerator,
     )
     if scores is not None:
         scores.add("correct", at_step, correct)

@@ -59,6 +59,37 @@ def test_compare_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
     report = (tmp_path / "compare.md").read_text()
     assert "| dpo |" in report and "| simpo_python |" in report
     assert "frontier.png" in report
+    assert result["runs"] == 2 and result["train_seconds"] > 0
+    _check_page(result, tmp_path / "docs")
+
+
+def _check_page(result: dict, docs: Path) -> None:
+    """``update_page`` rewrites only the text between the markers, copies the
+    figures beside the page, and states the prompts per seed and the time."""
+    from mipo.tools.compare_report import BEGIN, END, update_page
+
+    docs.mkdir()
+    page = docs / "which.md"
+    page.write_text(
+        f"# Title\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## Reading\nkept\n"
+    )
+    update_page(result, page)
+    text = page.read_text()
+    assert text.startswith("# Title\n\nintro\n\n" + BEGIN)
+    assert text.endswith(END + "\n\n## Reading\nkept\n")
+    assert "old table" not in text and "| dpo |" in text
+    assert "held-out prompts: 4 per seed)" in text
+    assert "min of training steps over 2 runs" in text
+    for name in ("frontier.png", "curves.png"):
+        assert (docs / "images" / "which" / name).stat().st_size > 0
+    two_seeds = {**result, "budget": {**result["budget"], "seeds": [0, 1]}}
+    two_seeds["methods"] = [{**result["methods"][0], "gold_reward": {"n": 240}}]
+    from mipo.tools.compare_report import _held_out
+
+    assert (
+        _held_out(two_seeds)
+        == "held-out prompts: 120 per seed, 240 pooled over 2 seeds"
+    )
 
 
 def test_a_killed_compare_continues_where_it_stopped(

@@ -98,6 +98,7 @@ def _run_summary(run_dir: Path) -> dict[str, Any]:
         "gold_scores": scores.get("gold", {}),
         "correct": scores.get("correct", {}),
         "step_seconds": sum(seconds) / len(seconds) if seconds else None,
+        "train_seconds": sum(seconds),
         "tokens_per_second": sum(speed) / len(speed) if speed else None,
         "final": json.loads((run_dir / "eval.json").read_text()),
     }
@@ -309,6 +310,8 @@ def compare(
         },
         "methods": [_method_summary(name, per_method[name]) for name in names],
         "seconds": time.perf_counter() - started,
+        "train_seconds": sum(r["train_seconds"] for n in names for r in per_method[n]),
+        "runs": sum(len(per_method[n]) for n in names),
         "has_gold": any(per_method[n][0]["gold_scores"] for n in names),
     }
     (out / COMPARE_FILE).write_text(json.dumps(result, indent=1, default=str) + "\n")

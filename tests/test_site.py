@@ -199,6 +199,18 @@ def test_serve_answers_on_localhost(site: Path) -> None:
         assert not thread.is_alive()
 
 
+def _stopped(process: subprocess.Popen, seconds: float = 60.0) -> int:
+    """The exit status of ``process`` once it stops (0.6 s after Ctrl-C on an
+    idle machine); if it has not stopped in ``seconds``, fail with every
+    thread's stack, which faulthandler prints on SIGABRT."""
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"not stopped {seconds:.0f} s after SIGINT; its threads:\n{output}")
+
+
 def test_serve_command_line(tmp_path: Path) -> None:
     """``python -m mipo.site --serve --port 0`` builds, serves, and stops on Ctrl-C."""
     command = [sys.executable, "-u", "-m", "mipo.site", "--out", str(tmp_path / "b")]
@@ -207,7 +219,7 @@ def test_serve_command_line(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
     ) as process:
         try:
             assert process.stdout is not None
@@ -221,7 +233,7 @@ def test_serve_command_line(tmp_path: Path) -> None:
             status, _, body = _get(match.group(1))
             assert status == 200 and b"mutual-information" in body
             process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=20) == 0
+            assert _stopped(process) == 0
             assert "stopped" in process.stdout.read()
         finally:
             if process.poll() is None:

@@ -185,6 +185,21 @@ def test_generate_anchor_returns_well_formed_right_padded_sequences(
         assert EOS not in response[:-1].tolist()
 
 
+def test_an_empty_prompt_is_refused_before_sampling(model: nn.Module) -> None:
+    prompts, prompt_mask = left_padded_prompts()
+    prompt_mask = prompt_mask.clone()
+    prompt_mask[1] = 0
+    with pytest.raises(ValueError, match=r"prompts \[1\] have no token"):
+        generate_anchor(
+            model,
+            prompts,
+            prompt_mask,
+            sampling=AnchorSampling(max_new_tokens=2),
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+        )
+
+
 def test_an_immediate_eos_is_a_one_token_response(model: nn.Module) -> None:
     """top_k = 1 makes sampling deterministic; declaring the first sampled token
     the EOS makes every response that single token."""

@@ -14,6 +14,9 @@ where                             count  what
 ``training/step.py``              1 / st gradient norm and every micro-batch's
                                          loss finiteness together
 ``training/metrics.py``           1 / lg every logged metric at once
+TI-DPO's services                 4 / mb the anchor's prompt check and length,
+                                         its value check, the attribution's row
+                                         check (``TI_DPO_BOUND``)
 transformers                      <= 2   the causal mask per forward (padded:
                                   / fw   "is there padding?"; packed: "are there
                                          several sequences?")
@@ -57,10 +60,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _counted_run(
-    monkeypatch: pytest.MonkeyPatch, model: Path, out: Path, **overrides: Any
+    monkeypatch: pytest.MonkeyPatch,
+    model: Path,
+    out: Path,
+    recipe: str = "dpo",
+    **overrides: Any,
 ) -> tuple[dict[str, collections.Counter[str]], dict[str, int]]:
-    """Train DPO for 3 steps of 2 micro-batches, counting the syncs of each
-    micro-step, optimiser step and logging step."""
+    """Train ``recipe`` for 3 steps of 2 micro-batches, counting the syncs of
+    each micro-step, optimiser step and logging step."""
     counts: dict[str, collections.Counter[str]] = {
         phase: collections.Counter() for phase in MIPO_BOUND
     }
@@ -81,7 +88,7 @@ def _counted_run(
     monkeypatch.setattr(loop, "after_step", counted("logging", loop.after_step))
     torch.manual_seed(0)
     train(
-        "dpo",
+        recipe,
         {
             "train.model": str(model),
             "train.output_dir": str(out),
@@ -186,3 +193,29 @@ def test_a_non_finite_loss_is_found_at_the_optimiser_step(
     for key, value in after.items():
         assert torch.equal(value, initial[key]), key
     assert [r["step"] for r in lines if "loss" in r] == [2]
+
+
+TI_DPO_BOUND = {
+    "mipo/training/batching.py": 1,
+    "mipo/batch.py": 1,
+    "mipo/training/logps.py": 4,
+    "mipo/training/services/anchor.py": 2,
+    "mipo/training/services/attribution.py": 1,
+}
+"""TI-DPO's per micro-batch: the anchor side's value check (``batch.py``), two
+chunked policy forwards (pairs, anchor), the anchor's prompt check and its
+length, the attribution's row check (sampling's own, one per decoded token in
+``transformers``, are not counted here)."""
+
+
+def test_ti_dpo_syncs_stay_within_their_bound(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts, calls = _counted_run(
+        monkeypatch, tiny_model, tmp_path, "ti_dpo", **{"objective.anchor_tokens": 4}
+    )
+    assert calls == {"micro": 6, "step": 3, "logging": 3}
+    mipo = {f: n for f, n in counts["micro"].items() if f.startswith("mipo/")}
+    assert mipo == {f: n * calls["micro"] for f, n in TI_DPO_BOUND.items()}
+    assert counts["step"]["mipo/training/step.py"] == calls["step"]
+    assert counts["logging"]["mipo/training/metrics.py"] == calls["logging"]

@@ -17,6 +17,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny import tiny_llama
 from torch.testing import assert_close
 
@@ -382,3 +384,70 @@ def test_capturing_embeddings_records_only_forwards_with_autograd() -> None:
     # the hook is gone after the context
     model(input_ids=torch.tensor([[8, 9]]))
     assert captured["embeddings"].shape[1] == 3
+
+
+# --- the anchor's repacking: gathers against the per-row loop -------------------
+
+
+def _repack_by_rows(prompt_ids, prompt_mask, sampled, pad, eos):  # noqa: ANN001, ANN202
+    """The slow path: one row at a time, boolean selection of the prompt."""
+    rows = []
+    for row in range(sampled.shape[0]):
+        prompt = prompt_ids[row][prompt_mask[row].bool()]
+        stops = (sampled[row] == eos).nonzero().flatten()
+        end = int(stops[0]) + 1 if stops.numel() else sampled.shape[1]
+        rows.append((prompt, sampled[row, :end]))
+    length = max(p.shape[0] + r.shape[0] for p, r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    for row, (prompt, response) in enumerate(rows):
+        start, end = prompt.shape[0], prompt.shape[0] + response.shape[0]
+        ids[row, :start], ids[row, start:end] = prompt, response
+        mask[row, :end] = 1
+        labels[row, start:end] = response
+    return ids, mask, labels
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_anchor_repacking_equals_the_per_row_loop(data: st.DataObject) -> None:
+    """Left-padded or holed prompt masks, responses with EOS anywhere, twice or
+    not at all: the gathered repacking equals the per-row loop exactly."""
+    from mipo.training.services.anchor import _repack
+
+    batch = data.draw(st.integers(1, 4))
+    width = data.draw(st.integers(1, 6))
+    new = data.draw(st.integers(1, 6))
+    masks = []
+    for _ in range(batch):
+        if data.draw(st.booleans()):  # left-padded, as generate gets it
+            real = data.draw(st.integers(1, width))
+            masks.append([0] * (width - real) + [1] * real)
+        else:  # any mask with a token
+            bits = data.draw(
+                st.lists(st.integers(0, 1), min_size=width, max_size=width)
+            )
+            masks.append(bits if any(bits) else [1] + bits[1:])
+    token = st.integers(0, 5)
+    ids = data.draw(
+        st.lists(
+            st.lists(token, min_size=width, max_size=width),
+            min_size=batch,
+            max_size=batch,
+        )
+    )
+    sampled = data.draw(
+        st.lists(
+            st.lists(token, min_size=new, max_size=new), min_size=batch, max_size=batch
+        )
+    )
+    prompt_ids, prompt_mask = torch.tensor(ids), torch.tensor(masks)
+    sampled_t = torch.tensor(sampled)
+    fast = _repack(prompt_ids, prompt_mask, sampled_t, pad_token_id=9, eos_token_id=3)
+    slow = _repack_by_rows(prompt_ids, prompt_mask, sampled_t, 9, 3)
+    for got, expected in zip(
+        (fast.input_ids, fast.attention_mask, fast.labels), slow, strict=True
+    ):
+        assert got.dtype == torch.long
+        assert torch.equal(got, expected)

@@ -65,8 +65,8 @@ def generate_anchor(
     from transformers import GenerationConfig
 
     lengths = prompt_attention_mask.sum(dim=1)
-    empty = (lengths == 0).nonzero().flatten().tolist()
-    if empty:
+    if not bool(lengths.min() > 0):  # before sampling: a row of padding has no
+        empty = (lengths == 0).nonzero().flatten().tolist()  # distribution
         raise ValueError(f"generate_anchor: prompts {empty} have no token")
     width = prompt_input_ids.shape[1]
     new_tokens = sampling.max_new_tokens
@@ -104,36 +104,47 @@ def generate_anchor(
 
 
 def _repack(
-    prompt_input_ids: Tensor,
-    prompt_attention_mask: Tensor,
-    sampled: Tensor,
+    prompt_input_ids: Int[Tensor, "batch prompt"],
+    prompt_attention_mask: Int[Tensor, "batch prompt"],
+    sampled: Int[Tensor, "batch new"],
     *,
     pad_token_id: int,
     eos_token_id: int,
 ) -> SequenceTensors:
     """Right-padded prompt + response rows; a response runs up to and including
-    its first EOS (the whole sample when it has none)."""
-    rows: list[tuple[Tensor, Tensor]] = []
-    for row in range(sampled.shape[0]):
-        prompt = prompt_input_ids[row][prompt_attention_mask[row].bool()]
-        response = sampled[row]
-        stops = (response == eos_token_id).nonzero().flatten()
-        end = int(stops[0]) + 1 if stops.numel() else response.shape[0]
-        rows.append((prompt, response[:end]))
-    length = max(p.shape[0] + r.shape[0] for p, r in rows)
-    shape = (len(rows), length)
+    its first EOS (the whole sample when it has none).
+
+    Built with gathers, no loop over rows: row $b$ holds its $L_b$ prompt
+    tokens (in order, wherever the mask puts them), then its $R_b$ response
+    tokens; the one host read is the rows' longest $L_b + R_b$, which sizes
+    the output.
+    """
     device = prompt_input_ids.device
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros(shape, dtype=torch.long, device=device)
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long, device=device)
-    for row, (prompt, response) in enumerate(rows):
-        start, end = prompt.shape[0], prompt.shape[0] + response.shape[0]
-        input_ids[row, :start] = prompt
-        input_ids[row, start:end] = response
-        attention_mask[row, :end] = 1
-        labels[row, start:end] = response
+    real = prompt_attention_mask.bool()
+    prompt_len = real.sum(dim=1)
+    # the real prompt tokens first, in their order (a stable sort on "is padding")
+    order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
+    is_eos = sampled == eos_token_id
+    first_eos = is_eos.to(torch.int8).argmax(dim=1)
+    response_len = torch.where(is_eos.any(dim=1), first_eos + 1, sampled.shape[1])
+    total = prompt_len + response_len
+    length = int(total.max())
+    j = torch.arange(length, device=device).unsqueeze(0)
+    start, end = prompt_len.unsqueeze(1), total.unsqueeze(1)
+    from_prompt = prompt_input_ids.gather(
+        1, order.gather(1, j.clamp(max=order.shape[1] - 1).expand(len(order), -1))
+    )
+    from_response = sampled.gather(
+        1, (j - start).clamp(0, sampled.shape[1] - 1).expand(len(sampled), -1)
+    )
+    in_response = (j >= start) & (j < end)
+    input_ids = torch.where(j < start, from_prompt, from_response)
+    input_ids = torch.where(j < end, input_ids, pad_token_id)
+    labels = torch.where(in_response, from_response, IGNORE_INDEX)
     return SequenceTensors(
-        input_ids=input_ids, attention_mask=attention_mask, labels=labels
+        input_ids=input_ids,
+        attention_mask=(j < end).to(torch.long),
+        labels=labels,
     )
 
 

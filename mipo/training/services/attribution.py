@@ -144,8 +144,8 @@ def attribution_from_forward(
 
 def _last_positions(attention_mask: Tensor) -> Tensor:
     last = last_valid_position(attention_mask)
-    empty = (last < 0).nonzero().flatten().tolist()
-    if empty:
+    if not bool(last.min() >= 0):  # one host read; the rows only on the error
+        empty = (last < 0).nonzero().flatten().tolist()
         raise ValueError(f"attribution_scores: rows {empty} have no valid token")
     return last
 

@@ -145,7 +145,9 @@ def machine() -> str:
 def _timing(result: dict[str, Any]) -> str:
     """The training time summed over the runs (read back or trained now), and
     this invocation's wall time."""
-    text = f"{result['seconds'] / 60:.0f} min for this invocation"
+    seconds = result["seconds"]
+    wall = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.0f} min"
+    text = f"{wall} for this invocation"
     if "train_seconds" in result:
         text = (
             f"{result['train_seconds'] / 60:.0f} min of training steps over "

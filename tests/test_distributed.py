@@ -555,3 +555,15 @@ def test_a_sharded_run_resumed_without_sharding_is_refused(
     GradientState._reset_state()
     with pytest.raises(ValueError, match=r"resume it with --train.sharding=fsdp2"):
         train(resume=run_dir, overrides={"train.sharding": "none"}, progress=False)
+
+
+def test_a_sharded_checkpoint_carries_the_trainer_state_and_card(runs: dict) -> None:
+    """Written into the temporary directory before it is renamed: the card
+    names the checkpoint by its final name."""
+    run_dir = Path(runs["ranks"][0]["fsdp2"]["run_dir"])
+    state = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [r["step"] for r in state["log_history"] if "loss" in r] == [1, 2, 3]
+    card = (run_dir / "checkpoint-3" / "README.md").read_text()
+    assert f"# {run_dir.name} / checkpoint-3\n" in card
+    assert "x 2 processes" in card

@@ -32,6 +32,7 @@ from torch import nn
 
 from mipo.errors import ConfigError, TrainingStopped
 from mipo.training.distributed import any_process, gather_lists
+from mipo.training.hub_files import write_hub_files
 from mipo.training.run_dir import prune_checkpoints, save_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
@@ -95,6 +96,7 @@ def save(run: Any) -> Path:
         )
         for service in run.services:
             service.save(directory)
+        write_hub_files(run, directory)
         prune_checkpoints(run.run_dir, run.config.save_total_limit)
     accelerator.wait_for_everyone()
     progress.saved_at = progress.step
@@ -219,6 +221,7 @@ def _save_sharded(run: Any, state: dict[str, Any]) -> Path:
         torch.save(state, tmp / TRAINER_STATE)
         for service in run.services:
             service.save(tmp)
+        write_hub_files(run, tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

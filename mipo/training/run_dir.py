@@ -10,6 +10,8 @@ Layout::
         plots/*.png          loss, rewards, accuracies, margins
         checkpoint-{step}/   save_pretrained model (or LoRA adapter) + tokenizer
                              + trainer_state.pt (optimiser, scheduler, RNG, position)
+                             + trainer_state.json and README.md (model card):
+                             :mod:`mipo.training.hub_files`
         eval.json            held-out evaluation
         .lock                held (flock) by the process writing the run
 

@@ -27,6 +27,7 @@ from mipo.training import checkpoint as checkpoints
 from mipo.training.cli import OverrideError, help_text, parse_command_line, with_preset
 from mipo.training.command import mark_run_time, run_command
 from mipo.training.evaluate import evaluate_run, evaluate_step
+from mipo.training.hub_files import write_hub_files
 from mipo.training.interrupts import StopRequest, interrupted_message
 from mipo.training.loop import fit, stopping
 from mipo.training.recipes import Recipe, load_recipe
@@ -166,6 +167,9 @@ def _finish(run: Run) -> TrainResult:
             write_json(run.run_dir / "eval.json", result_eval)
             if run.log is not None:
                 run.log.log(result_eval)
+            last = run.run_dir / f"checkpoint-{progress.step}"
+            if last.is_dir():  # its trainer_state.json and card gain the evaluation
+                write_hub_files(run, last)
     _close(run)
     if run.log is not None:
         if result_eval:

@@ -182,8 +182,9 @@ def test_each_process_answers_an_equal_padded_block_of_gold_prompts(
     records = [type("R", (), {"prompt": f"{i}"})() for i in range(5)]
     seen: list[list[str]] = []
 
-    def fake_scores(policy, tokenizer, chunk, reward, **_):  # noqa: ANN001, ANN003, ARG001
+    def fake_scores(policy, tokenizer, chunk, reward, lengths, **_):  # noqa: ANN001, ANN003, ARG001
         seen.append([r.prompt for r in chunk])
+        lengths += [10 + int(r.prompt) for r in chunk]
         return [float(r.prompt) for r in chunk]
 
     monkeypatch.setattr(gold, "gold_scores", fake_scores)
@@ -196,9 +197,11 @@ def test_each_process_answers_an_equal_padded_block_of_gold_prompts(
         device=torch.device("cpu"),
         max_new_tokens=1,
         accelerator=FakeAccelerator(2, rank),
+        lengths=(lengths := []),
     )
     assert seen == [answered]
     assert scores == kept
+    assert lengths == [10 + int(score) for score in kept]  # the padding's dropped too
 
 
 def test_one_process_answers_every_gold_prompt_in_order(
@@ -207,9 +210,12 @@ def test_one_process_answers_every_gold_prompt_in_order(
     from mipo.training import gold
 
     records = [type("R", (), {"prompt": f"{i}"})() for i in range(5)]
-    monkeypatch.setattr(
-        gold, "gold_scores", lambda *a, **_: [float(r.prompt) for r in a[2]]
-    )
+
+    def fake_scores(*args, lengths, **_):  # noqa: ANN002, ANN003, ANN202
+        lengths += [len(r.prompt) for r in args[2]]
+        return [float(r.prompt) for r in args[2]]
+
+    monkeypatch.setattr(gold, "gold_scores", fake_scores)
     scores = gold.shared_gold_scores(
         torch.nn.Identity(),
         None,

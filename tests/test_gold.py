@@ -47,3 +47,55 @@ def test_scores_must_be_finite_numbers() -> None:
         score_answers(lambda *_: math.nan, prompts, ["x", "y"])
     with pytest.raises(GoldError, match="not a number"):
         score_answers(lambda *_: "good", prompts, ["x", "y"])
+
+
+def test_answer_lengths_are_the_decoded_answers_lengths() -> None:
+    """``lengths`` receives the character count of each greedy answer that the
+    reward scored (here the reward is that count, so the two must agree)."""
+    import torch
+    from tiny import tiny_llama
+
+    from mipo.data.builtin import arithmetic_records
+    from mipo.data.tiny_tokenizer import tiny_chat_tokenizer
+    from mipo.training.gold import generate_answers, gold_scores
+
+    records = arithmetic_records(n=5, seed=0)
+    model, tokenizer = tiny_llama(0).eval(), tiny_chat_tokenizer()
+    lengths: list[int] = []
+    scores = gold_scores(
+        model,
+        tokenizer,
+        records,
+        lambda _prompt, answer: float(len(answer)),
+        device=torch.device("cpu"),
+        max_new_tokens=6,
+        lengths=lengths,
+    )
+    answers = generate_answers(
+        model, tokenizer, [r.prompt for r in records], device=torch.device("cpu"),
+        max_new_tokens=6,
+    )  # fmt: skip
+    assert lengths == [len(a) for a in answers] == [int(s) for s in scores]
+    assert max(lengths) > 0
+
+
+def test_the_summary_puts_answer_length_next_to_the_gold_reward(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from mipo.training.summary import summary
+
+    result = {
+        "step": 4,
+        "eval/gold_prompts": 3,
+        "eval/gold_reward": 0.8,
+        "eval/gold_reward_before": 0.5,
+        "eval/gold_gain": 0.3,
+        "eval/gold_answer_chars": 20.5,
+        "eval/gold_answer_chars_before": 12.0,
+    }
+    config = SimpleNamespace(dataset="d", model="m")
+    lines = summary("dpo", config, tmp_path, result).splitlines()
+    gain = next(i for i, line in enumerate(lines) if "gain +0.300" in line)
+    assert lines[gain + 1] == (
+        "    answer length in characters (mean): before 12.0   after 20.5"
+    )

@@ -190,16 +190,7 @@ def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
     result: dict[str, Any] = {"step": at_step}
     data, scores = run.data, run.scores
     if run.gold_reward is not None and data.eval_records:
-        gold = _gold(run.models.policy, run.tokenizer, data.eval_records, run)
-        result["eval/gold_prompts"] = len(gold)
-        result.update(interval_fields("eval/gold_reward", bootstrap_mean(gold)))
-        if scores is not None:
-            scores.add("gold", at_step, gold)
-        before = None if scores is None else scores.get("gold", 0)
-        if before is not None and at_step > 0:
-            gains = [a - b for a, b in zip(gold, before, strict=True)]
-            result["eval/gold_reward_before"] = sum(before) / len(before)
-            result.update(interval_fields("eval/gold_gain", bootstrap_mean(gains)))
+        result |= _gold_fields(run, at_step)
     if not data.eval or at_step == 0:
         return result
     correct: list[float] = []
@@ -219,20 +210,46 @@ def evaluate_step(run: Any, at_step: int) -> dict[str, Any]:
     return result
 
 
-def _gold(
-    policy: nn.Module, tokenizer: Any, records: list[Any], run: Any
-) -> list[float]:
+def _gold_fields(run: Any, at_step: int) -> dict[str, Any]:
+    """The gold reward of greedy answers to the held-out prompts (mean and
+    interval), the answers' mean length in characters, and after step 0 the
+    paired gain over step 0; per-prompt values go to ``eval_scores.json``."""
+    lengths: list[int] = []
+    gold = _gold(run, lengths)
+    result: dict[str, Any] = {"eval/gold_prompts": len(gold)}
+    result.update(interval_fields("eval/gold_reward", bootstrap_mean(gold)))
+    result["eval/gold_answer_chars"] = sum(lengths) / len(lengths)
+    scores = run.scores
+    if scores is None:
+        return result
+    scores.add("gold", at_step, gold)
+    scores.add("answer_chars", at_step, [float(n) for n in lengths])
+    before = scores.get("gold", 0)
+    if before is not None and at_step > 0:
+        gains = [a - b for a, b in zip(gold, before, strict=True)]
+        result["eval/gold_reward_before"] = sum(before) / len(before)
+        result.update(interval_fields("eval/gold_gain", bootstrap_mean(gains)))
+        chars_before = scores.get("answer_chars", 0)
+        if chars_before:
+            result["eval/gold_answer_chars_before"] = sum(chars_before) / len(
+                chars_before
+            )
+    return result
+
+
+def _gold(run: Any, lengths: list[int]) -> list[float]:
     from mipo.training.gold import shared_gold_scores
 
     with autocast(run.config.precision, run.device):
         return shared_gold_scores(
-            policy,
-            tokenizer,
-            records,
+            run.models.policy,
+            run.tokenizer,
+            run.data.eval_records,
             run.gold_reward,
             device=run.device,
             max_new_tokens=run.config.eval_max_new_tokens,
             accelerator=run.accelerator,
+            lengths=lengths,
         )
 
 
@@ -291,6 +308,7 @@ def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
             precision=saved.config.precision,
         )
     if gold_reward is not None and saved.data.eval_records:
+        lengths: list[int] = []
         with autocast(saved.config.precision, saved.device):
             after = gold_scores(
                 saved.models.policy,
@@ -299,9 +317,11 @@ def evaluate_run(run_dir: str | Path, *, gold: str = "") -> dict[str, Any]:
                 gold_reward,
                 device=saved.device,
                 max_new_tokens=saved.config.eval_max_new_tokens,
+                lengths=lengths,
             )
         result["eval/gold_prompts"] = len(after)
         result.update(interval_fields("eval/gold_reward", bootstrap_mean(after)))
+        result["eval/gold_answer_chars"] = sum(lengths) / len(lengths)
     result["checkpoint"] = saved.checkpoint.name
     write_json(Path(run_dir) / "eval.json", result)
     return result

@@ -149,17 +149,20 @@ def shared_gold_scores(
     device: torch.device,
     max_new_tokens: int,
     accelerator: Any = None,
+    lengths: list[int] | None = None,
 ) -> list[float]:
     """:func:`gold_scores` with the prompts split over the processes of a run:
     each answers one contiguous block, and every process returns the scores of
-    all prompts, in order. Every process must call it: a sharded policy
-    generates only when all of them do, so each block is padded (with the last
-    prompt, scored and dropped) to the same number of generation batches."""
+    all prompts, in order (and, into ``lengths``, every answer's length). Every
+    process must call it: a sharded policy generates only when all of them do,
+    so each block is padded (with the last prompt, scored and dropped) to the
+    same number of generation batches."""
     from mipo.training.distributed import gather_lists, rank_share
 
     indices, share = rank_share(len(records), accelerator)
     mine = [records[i] for i in indices]
     padded = mine + [records[-1]] * (share - len(mine))
+    chars: list[int] = []
     scores = gold_scores(
         policy,
         tokenizer,
@@ -167,8 +170,12 @@ def shared_gold_scores(
         reward,
         device=device,
         max_new_tokens=max_new_tokens,
+        lengths=chars,
     )
-    return gather_lists(accelerator, scores[: len(mine)])
+    both = gather_lists(accelerator, list(zip(scores, chars, strict=True))[: len(mine)])
+    if lengths is not None:
+        lengths += [length for _, length in both]
+    return [score for score, _ in both]
 
 
 def gold_scores(
@@ -179,12 +186,17 @@ def gold_scores(
     *,
     device: torch.device,
     max_new_tokens: int,
+    lengths: list[int] | None = None,
 ) -> list[float]:
-    """The gold reward of the policy's greedy answer to each record's prompt."""
+    """The gold reward of the policy's greedy answer to each record's prompt;
+    ``lengths``, when given, receives each answer's length in characters (to
+    read next to the reward: a reward can grow with length alone)."""
     prompts = [record.prompt for record in records]
     answers = generate_answers(
         policy, tokenizer, prompts, device=device, max_new_tokens=max_new_tokens
     )
+    if lengths is not None:
+        lengths += [len(answer) for answer in answers]
     return score_answers(reward, prompts, answers)
 
 

@@ -2,8 +2,10 @@
 
 Printed by ``python -m mipo.train`` after the final evaluation: the gold reward
 before and after with the 95 % bootstrap interval of the paired gain, the
-held-out reward accuracy with its interval, KL(pi||ref) per token, and the
-training loss as a moving average at the start and at the end of the run.
+answers' mean length before and after (a gold reward can grow with length
+alone), the held-out reward accuracy with its interval, KL(pi||ref) per token,
+and the training loss as a moving average at the start and at the end of the
+run.
 """
 
 from pathlib import Path
@@ -62,6 +64,13 @@ def summary(name: str, config: Any, run_dir: Path, result: dict[str, Any]) -> st
             )
         else:
             lines.append(f"    after {_interval(result, 'eval/gold_reward')}")
+        if "eval/gold_answer_chars" in result:
+            before = result.get("eval/gold_answer_chars_before")
+            start = "" if before is None else f"before {before:.1f}   "
+            lines.append(
+                f"    answer length in characters (mean): {start}"
+                f"after {result['eval/gold_answer_chars']:.1f}"
+            )
     if "eval/rewards/accuracies" in result:
         lines.append(
             f"  held-out reward accuracy {_interval(result, 'eval/rewards/accuracies', '.3f')}"

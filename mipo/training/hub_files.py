@@ -171,6 +171,7 @@ RESULT_KEYS = (
     "eval_gold_reward",
     "eval_gold_reward_before",
     "eval_gold_gain",
+    "eval_gold_answer_chars_before",
     "eval_gold_answer_chars",
 )
 

@@ -53,11 +53,20 @@ def test_compare_writes_every_output(tiny_model: Path, tmp_path: Path) -> None:
         assert [p["step"] for p in method["curve"]] == [0, 1, 2]
         assert method["step_seconds"]["mean"] > 0
         assert method["tokens_per_second"]["mean"] > 0
+        assert method["answer_chars"]["mean"] >= 0  # read next to the gold reward
     dpo, simpo_row = result["methods"]
     assert dpo["kl_per_token"]["mean"] >= 0.0
     assert simpo_row["kl_per_token"] is None  # reference-free: no KL to report
     report = (tmp_path / "compare.md").read_text()
     assert "| dpo |" in report and "| simpo_python |" in report
+    assert "| gold reward [95% CI] | answer chars | gold gain" in report
+    without = {
+        **result,
+        "methods": [{**m, "answer_chars": None} for m in result["methods"]],
+    }
+    from mipo.tools.compare_report import table
+
+    assert "answer chars" not in table(without)  # runs that did not log it
     assert "frontier.png" in report
     assert result["runs"] == 2 and result["train_seconds"] > 0
     _check_page(result, tmp_path / "docs")

@@ -161,6 +161,9 @@ def _method_summary(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "gold_gain": delta,
         "reward_accuracy": accuracy,
         "kl_per_token": mean_of("eval/kl_reverse_per_token"),
+        "answer_chars": mean_of("eval/gold_answer_chars")
+        if all("eval/gold_answer_chars" in f for f in finals)
+        else None,
         "step_seconds": _spread([r["step_seconds"] for r in runs if r["step_seconds"]]),
         "tokens_per_second": _spread(
             [r["tokens_per_second"] for r in runs if r["tokens_per_second"]]

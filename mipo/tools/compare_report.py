@@ -109,24 +109,38 @@ def _cell(entry: dict[str, Any] | None, fmt: str) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    """The ranking as a markdown table, best gold gain (else accuracy) first."""
+    """The ranking as a markdown table, best gold gain (else accuracy) first;
+    the answers' mean length in characters sits next to the gold reward when
+    every method's runs logged it."""
+    methods = result["methods"]
+    lengths = all(m.get("answer_chars") for m in methods)
+    length_head = " answer chars |" if lengths else ""
     header = (
-        "| method | gold reward [95% CI] | gold gain [95% CI] | reward accuracy "
-        "[95% CI] | KL/token | s/step | tokens/s |\n|---|---|---|---|---|---|---|"
+        f"| method | gold reward [95% CI] |{length_head} gold gain [95% CI] | "
+        "reward accuracy [95% CI] | KL/token | s/step | tokens/s |\n"
+        f"|---|---|{'---|' if lengths else ''}---|---|---|---|---|"
     )
 
     def rank(method: dict[str, Any]) -> float:
         key = method["gold_gain"] or method["reward_accuracy"]
         return -(key["mean"] if key else 0.0)
 
-    rows = [
-        f"| {m['method']} | {_cell(m['gold_reward'], '+.3f')} | "
-        f"{_cell(m['gold_gain'], '+.3f')} | {_cell(m['reward_accuracy'], '.3f')} | "
-        f"{_cell(m['kl_per_token'], '.4f')} | {_cell(m['step_seconds'], '.2f')} | "
-        f"{_cell(m['tokens_per_second'], '.0f')} |"
-        for m in sorted(result["methods"], key=rank)
-    ]
+    rows = [_row(m, lengths) for m in sorted(methods, key=rank)]
     return "\n".join([header, *rows])
+
+
+def _row(method: dict[str, Any], lengths: bool) -> str:
+    cells = [method["method"], _cell(method["gold_reward"], "+.3f")]
+    if lengths:
+        cells.append(_cell(method.get("answer_chars"), ".1f"))
+    cells += [
+        _cell(method["gold_gain"], "+.3f"),
+        _cell(method["reward_accuracy"], ".3f"),
+        _cell(method["kl_per_token"], ".4f"),
+        _cell(method["step_seconds"], ".2f"),
+        _cell(method["tokens_per_second"], ".0f"),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def machine() -> str:

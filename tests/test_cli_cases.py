@@ -146,7 +146,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
 
 def _saved_runs(model: Path, data: Path, out: Path) -> None:
     """``model_only``: one step saved with save_only_model; ``no_checkpoint``: a
-    run directory whose checkpoints were deleted."""
+    run directory whose checkpoints were deleted; ``full``: a resumable run."""
     from mipo.training.trainer import train
 
     base = {
@@ -157,6 +157,7 @@ def _saved_runs(model: Path, data: Path, out: Path) -> None:
     for name, extra in (
         ("model_only", {"train.save_only_model": True}),
         ("no_checkpoint", {}),
+        ("full", {}),
     ):
         result = train(
             "dpo",
@@ -414,6 +415,21 @@ def test_cli_case(
         assert not list(run_dir.glob("checkpoint-*"))
         assert "skipped" in (run_dir / "metrics.jsonl").read_text()
         RunLock(run_dir).release()  # the failed run let its lock go
+
+
+def test_resuming_with_another_process_count_is_refused(env: Env) -> None:
+    """The data position and each process's random state are per process: a
+    one-process checkpoint resumed by two processes would not continue the run,
+    so it is refused before any model loads, with the command that would."""
+    from mipo.errors import ConfigError
+    from mipo.training.checkpoint import check_resumable
+
+    checkpoint = env.runs / "full-run" / "checkpoint-1"
+    check_resumable(checkpoint, 1)
+    with pytest.raises(ConfigError) as error:
+        check_resumable(checkpoint, 2)
+    assert "written by 1 process(es) and this launch has 2" in str(error.value)
+    assert str(error.value).endswith("python -m mipo.train --resume RUN")
 
 
 def test_eval_checks_its_gold_reward_before_loading_the_model(

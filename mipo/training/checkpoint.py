@@ -124,9 +124,15 @@ def _trainer_state(run: Any) -> dict[str, Any]:
     return {**optimizer, **state}
 
 
-def check_resumable(checkpoint: Path) -> None:
+def check_resumable(
+    checkpoint: Path, processes: int = 1, *, sharded_now: bool = False
+) -> None:
     """Refuse, before any model loads, a checkpoint written with
-    ``save_only_model`` (it holds no optimiser state to continue from).
+    ``save_only_model`` (it holds no optimiser state to continue from), a
+    sharded one resumed without sharding (``sharded_now``), or one written by
+    another number of processes than the ``processes`` resuming it (the data
+    position and the random states are per process, so the run would not
+    continue as it was going).
 
     Raises:
         ConfigError: naming the checkpoint and what to do instead.
@@ -140,6 +146,24 @@ def check_resumable(checkpoint: Path) -> None:
             f"--resume: {checkpoint} was saved with --train.save_only_model=true and "
             "holds no optimiser state, so the run cannot continue exactly; start a "
             f"new run from its weights with --train.model={checkpoint}"
+        )
+    if sharded and not sharded_now:
+        raise ConfigError(
+            f"--resume: {checkpoint} was written by a run with sharding='fsdp2' "
+            "(sharded weights and optimiser state); resume it with "
+            "--train.sharding=fsdp2"
+        )
+    written = len(state.get("rng", ())) or processes
+    if written != processes:
+        launch = (
+            "python -m mipo.train --resume RUN"
+            if written == 1
+            else f"torchrun --nproc_per_node {written} -m mipo.train --resume RUN"
+        )
+        raise ConfigError(
+            f"--resume: {checkpoint} was written by {written} process(es) and this "
+            f"launch has {processes}; the data position and random states are per "
+            f"process, so resume with the same number: {launch}"
         )
 
 

@@ -217,7 +217,11 @@ def setup_run(
     enable_tf32(accelerator.device, config.tf32)
     checkpoint = latest_checkpoint(resume_dir) if resume_dir is not None else None
     if checkpoint is not None:
-        checkpoints.check_resumable(checkpoint)
+        checkpoints.check_resumable(
+            checkpoint,
+            accelerator.num_processes,
+            sharded_now=sharding_of(config).shards_parameters,
+        )
     lock = _lock(accelerator, resume_dir)
     made: Path | None = None
     try:

@@ -67,6 +67,28 @@ def test_standard_record_gets_no_template_and_one_eos() -> None:
     assert pair.rejected_ids == [EOS]  # an empty response is still one token long
 
 
+def test_a_prompt_that_starts_with_the_bos_keeps_one_bos() -> None:
+    """A tokenizer that adds a BOS (as Llama's do) and a standard prompt copied
+    with its BOS text: one BOS, as for the same prompt without it."""
+    from tokenizers import processors
+
+    tokenizer = tiny_chat_tokenizer()
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)]
+    )
+    plain = PreferenceRecord(prompt="2 + 2 =", chosen=" 4", rejected=" 5")
+    copied = PreferenceRecord(
+        prompt=f"{tokenizer.bos_token}2 + 2 =", chosen=" 4", rejected=" 5"
+    )
+    ids = [
+        encode_record(r, tokenizer, max_length=64, max_prompt_length=32).prompt_ids
+        for r in (plain, copied)
+    ]
+    assert ids[0][0] == bos and ids[0][1] != bos  # the tokenizer adds one
+    assert ids[1] == ids[0]
+
+
 def test_eos_already_present_is_not_doubled() -> None:
     record = PreferenceRecord(
         prompt="p", chosen="a<|im_end|>", rejected="b", source="s"

@@ -14,7 +14,8 @@ Templates:
 - **Standard** records (plain strings) get no template, as in TRL, whose
   maintainers warn against double templating: prompt and completion are tokenised
   as they are (the prompt with the tokenizer's own special tokens, e.g. a BOS, the
-  completion without).
+  completion without). A prompt that already begins with the BOS the tokenizer
+  adds keeps one BOS, not two.
 
 Prompt and completion are tokenised separately, so the boundary is a token
 boundary, exactly as when the policy samples a reply to the prompt ids.
@@ -119,7 +120,9 @@ def encode_record(
             _as_string(record.chosen, "chosen", source),
             _as_string(record.rejected, "rejected", source),
         ]
-        prompt_ids = _ids(tokenizer, record.prompt, special=True)
+        prompt_ids = _one_bos(
+            _ids(tokenizer, record.prompt, special=True), tokenizer.bos_token_id
+        )
     if not prompt_ids:
         raise DataError.at(
             source,
@@ -247,6 +250,19 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str, *, special: bool) -> lis
     encoded = tokenizer(text, add_special_tokens=special)
     ids = encoded["input_ids"]  # type: ignore[index]
     return [int(i) for i in ids]
+
+
+def _one_bos(ids: list[int], bos: int | None) -> list[int]:
+    """``ids`` with one BOS where the text already began with the BOS the
+    tokenizer adds (a prompt copied with its template's BOS text: Llama 3 writes
+    ``<|begin_of_text|>``), as the policy would see it once.
+
+    >>> _one_bos([1, 1, 7], 1), _one_bos([1, 7], 1), _one_bos([1, 1, 7], None)
+    ([1, 7], [1, 7], [1, 1, 7])
+    """
+    if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
+        return ids[1:]
+    return ids
 
 
 def _with_eos(ids: list[int], eos: int) -> list[int]:

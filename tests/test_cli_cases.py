@@ -430,6 +430,8 @@ def test_resuming_with_another_process_count_is_refused(env: Env) -> None:
         check_resumable(checkpoint, 2)
     assert "written by 1 process(es) and this launch has 2" in str(error.value)
     assert str(error.value).endswith("python -m mipo.train --resume RUN")
+    with pytest.raises(ConfigError, match="holds whole weights and optimiser state"):
+        check_resumable(checkpoint, 1, sharded_now=True)  # resumed with fsdp2
 
 
 def test_eval_checks_its_gold_reward_before_loading_the_model(

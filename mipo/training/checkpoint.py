@@ -129,7 +129,8 @@ def check_resumable(
 ) -> None:
     """Refuse, before any model loads, a checkpoint written with
     ``save_only_model`` (it holds no optimiser state to continue from), a
-    sharded one resumed without sharding (``sharded_now``), or one written by
+    sharded one resumed without sharding or the other way round
+    (``sharded_now``: this launch shards), or one written by
     another number of processes than the ``processes`` resuming it (the data
     position and the random states are per process, so the run would not
     continue as it was going).
@@ -152,6 +153,12 @@ def check_resumable(
             f"--resume: {checkpoint} was written by a run with sharding='fsdp2' "
             "(sharded weights and optimiser state); resume it with "
             "--train.sharding=fsdp2"
+        )
+    if sharded_now and not sharded:
+        raise ConfigError(
+            f"--resume: {checkpoint} holds whole weights and optimiser state, not "
+            "fsdp2 shards; resume it with the sharding it was written with "
+            "(--train.sharding=none or ddp)"
         )
     written = len(state.get("rng", ())) or processes
     if written != processes:
@@ -188,13 +195,8 @@ def restore(run: Any, checkpoint: Path) -> None:
     state = torch.load(
         checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False
     )
-    if run.sharding.shards_parameters:
+    if run.sharding.shards_parameters:  # check_resumable matched the two
         _restore_sharded(run, checkpoint)
-    elif "optimizer" not in state:
-        raise ValueError(
-            f"{checkpoint}: written by a run with sharding='fsdp2' (sharded "
-            f"weights and optimiser state); resume it with --train.sharding=fsdp2"
-        )
     else:
         run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

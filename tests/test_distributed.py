@@ -31,6 +31,7 @@ What is checked:
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -295,7 +296,15 @@ def _torchrun(args: list[str], cwd: Path, timeout: int = 400) -> None:
     done = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.returncode == 0, _failure(done.stdout + done.stderr)
+
+
+def _failure(output: str) -> str:
+    """The lines that name a cause first (a rank's error, a C++ abort), then
+    the end of torchrun's output."""
+    causes = re.compile(r"terminate called|what\(\)|Error|error:|Fatal|Aborted")
+    named = [line for line in output.splitlines() if causes.search(line)]
+    return "\n".join(["causes:", *named[:30], "output:", output[-6000:]])
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:

@@ -225,3 +225,38 @@ def test_one_process_answers_every_gold_prompt_in_order(
         max_new_tokens=1,
     )
     assert scores == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+LEAVES_AT_EXIT = """
+import atexit, sys
+import torch.distributed as dist
+from mipo.training.config import TrainConfig
+from mipo.training.setup import _accelerator
+
+# registered first, so it runs last: after mipo's hook
+atexit.register(lambda: print("initialised at exit:", dist.is_initialized()))
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+_accelerator(TrainConfig())
+print("initialised after setup:", dist.is_initialized())
+"""
+
+
+def test_the_process_group_is_destroyed_before_the_process_exits() -> None:
+    """A gloo process exiting with its group alive can abort in C++ teardown
+    (SIGABRT) while its peer still runs, failing a finished torchrun job; the
+    accelerator's setup registers the group's destruction at exit."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVES_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-2:] == [
+        "initialised after setup: True",
+        "initialised at exit: False",
+    ]

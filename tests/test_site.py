@@ -211,6 +211,14 @@ def _stopped(process: subprocess.Popen, seconds: float = 60.0) -> int:
         pytest.fail(f"not stopped {seconds:.0f} s after SIGINT; its threads:\n{output}")
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before it starts: SIGINT back to its default. A test run
+    started in the background (``&``, a CI runner) ignores SIGINT, children
+    inherit that, and Python then installs no KeyboardInterrupt handler, so the
+    server would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_command_line(tmp_path: Path) -> None:
     """``python -m mipo.site --serve --port 0`` builds, serves, and stops on Ctrl-C."""
     command = [sys.executable, "-u", "-m", "mipo.site", "--out", str(tmp_path / "b")]
@@ -220,6 +228,7 @@ def test_serve_command_line(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     ) as process:
         try:
             assert process.stdout is not None

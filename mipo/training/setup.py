@@ -27,6 +27,7 @@ from mipo.training.batching import BatchBuilder, check_served
 from mipo.training.cli import OverrideError, jsonable, resolve
 from mipo.training.command import print_warning
 from mipo.training.config import TrainConfig, warmup_length
+from mipo.training.distributed import leave_group_at_exit
 from mipo.training.gold import resolve_gold
 from mipo.training.interrupts import StopRequest
 from mipo.training.loaders import RunData, load_run_data, make_loader
@@ -485,12 +486,14 @@ def _accelerator(config: TrainConfig) -> Any:
             "accelerate's FSDP config is not used by mipo: launch with torchrun (or "
             "docs/accelerate/multi_gpu.yaml) and pass --train.sharding=fsdp2"
         )
-    return Accelerator(
+    accelerator = Accelerator(
         # Without a GPU, cpu=True lets torchrun / accelerate launch start gloo DDP.
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if config.precision == "bf16" else "no",
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
+    leave_group_at_exit()
+    return accelerator
 
 
 def _eval_loader(config: TrainConfig, data: RunData, pad_token_id: int) -> Any:

@@ -106,6 +106,15 @@ def write_files(root: Path) -> None:
         "list.yaml": "- train.max_steps: 2\n",
         "unknown.yaml": "train.learning_rat: 1.0e-6\n",
         "typed.yaml": "train:\n  seed: two\n",
+        "trl_fp16.yaml": "learning_rate: 5.0e-7\nfp16: true\n",
+        "trl_loss.yaml": "beta: 0.1\nloss_type: hinge\n",
+        "trl_optim.yaml": "do_train: true\noptim: adafactor\n",
+        "trl_split.yaml": "dataset_train_split: train\n",
+        "trl_ok.yaml": (
+            "do_train: true\nbf16: false\nuse_peft: true\nlora_r: 4\n"
+            "precompute_ref_log_probs: true\noptim: adamw_torch\nloss_type: sigmoid\n"
+            f"eval_strategy: steps\ndataset_name: {root / 'bom.jsonl'}\n"
+        ),
         "bad.json": '{"train.max_steps": 2,,}',
         "recipe_syntax.py": "from mipo import Objective\nobjective = (\n",
         "recipe_empty.py": "x = 1\n",
@@ -240,8 +249,15 @@ CASES: list[tuple[str, str, int, str, str]] = [
     ("config-folder", "train dpo --config {D}/folder", 2, "--config: {D}/folder is a folder", ""),
     ("config-bad-yaml", "train dpo --config {D}/bad.yaml", 2, "{D}/bad.yaml:3: not valid YAML", ""),
     ("config-list", "train dpo --config {D}/list.yaml", 2, "{D}/list.yaml: expected a mapping of dotted keys", ""),
-    ("config-unknown", "train dpo --config {D}/unknown.yaml", 2, "did you mean --train.learning_rate", ""),
-    ("config-typed", "train dpo --config {D}/typed.yaml", 2, "--train.seed='two': expected an int", ""),
+    ("config-unknown", "train dpo --config {D}/unknown.yaml", 2, "{D}/unknown.yaml:1: --train.learning_rat: unknown key for recipe 'dpo'; did you mean --train.learning_rate", ""),
+    ("config-typed", "train dpo --config {D}/typed.yaml", 2, "{D}/typed.yaml:2: --train.seed='two': expected an int", ""),
+    ("config-trl-fp16", "train dpo --config {D}/trl_fp16.yaml", 2, "{D}/trl_fp16.yaml:2: --fp16: not supported (float16 needs loss scaling); use bf16: true", ""),
+    ("config-trl-loss-type", "train dpo --config {D}/trl_loss.yaml", 2, "{D}/trl_loss.yaml:2: --loss_type: 'hinge' is recipes/slic.py in mipo, but this run's recipe is 'dpo'", ""),
+    ("config-trl-optim", "train dpo --config {D}/trl_optim.yaml", 2, "{D}/trl_optim.yaml:2: --optim: 'adafactor' is not available in mipo", ""),
+    ("config-trl-split", "train dpo --config {D}/trl_split.yaml", 2, "{D}/trl_split.yaml:1: --dataset_train_split: needs dataset_name", ""),
+    ("config-trl-trains", "train dpo --config {D}/trl_ok.yaml", 0, "mipo: warning: {D}/trl_ok.yaml:1: --do_train ignored: mipo always trains", MODEL),
+    ("trl-flag-value", "train dpo --bf16=maybe", 2, "--bf16: expected true or false, got 'maybe'", ""),
+    ("trl-loss-type-flag", "train simpo --loss_type=sigmoid", 2, "--loss_type: 'sigmoid' is recipes/dpo.py in mipo, but this run's recipe is 'simpo'", ""),
     ("config-bad-json", "train dpo --config {D}/bad.json", 2, "{D}/bad.json:1: not valid JSON", ""),
     ("config-no-value", "train dpo --config", 2, "--config: expects a value", RAW),
     ("resume-missing", "train --resume {D}/no_run", 2, "{D}/no_run: not a run directory (does not exist)", ""),
@@ -403,7 +419,8 @@ def test_cli_case(
     if status == 0:
         assert errors == []
         assert _fragment(fragment, env) in captured.err
-        (run_dir,) = out.iterdir()
+        # the run, and the precomputed reference's cache where a row asks for one
+        (run_dir,) = [p for p in out.iterdir() if p.name != ".reference_cache"]
         assert (run_dir / "checkpoint-1").is_dir()
         return
     (line,) = errors

@@ -9,7 +9,9 @@ not fit, or a key that does not exist, raises one :class:`OverrideError` naming
 the key and what was expected. ``--config FILE.yaml`` holds the same dotted keys
 (``train.learning_rate: 1e-6``), or TRL's flat names (``learning_rate: 1e-6``,
 ``beta: 0.1``, ``per_device_train_batch_size: 8``) where one group has the
-name; keys given on the command line win. An unknown key suggests the closest.
+name, and TRL's own settings translated (:mod:`mipo.training.trl_config`); keys
+given on the command line win. An unknown key suggests the closest, and an
+error in the file names its ``FILE:LINE``.
 """
 
 import contextlib
@@ -28,6 +30,7 @@ from mipo.objective import Objective
 from mipo.training.config import TrainConfig
 from mipo.training.primitive_syntax import PrimitiveSyntaxError, parse_primitive
 from mipo.training.recipes import Recipe
+from mipo.training.trl_config import TRL_NAMES
 
 GROUPS = ("train", "objective")
 
@@ -50,6 +53,8 @@ class CommandLine:
         show_help: ``--help`` was given.
         preset: a named set of overrides the recipe defines (``--preset NAME``);
             the config file and the command line win over it.
+        origins: ``FILE:LINE`` of each key the config file set (and the command
+            line did not), for errors that name the line.
     """
 
     recipe: str | None
@@ -57,6 +62,7 @@ class CommandLine:
     resume: str | None = None
     show_help: bool = False
     preset: str | None = None
+    origins: dict[str, str] = field(default_factory=dict)
 
 
 def parse_command_line(argv: list[str]) -> CommandLine:
@@ -100,15 +106,64 @@ def parse_command_line(argv: list[str]) -> CommandLine:
                 f"unexpected argument {arg!r} (the recipe is already {recipe!r}); "
                 f"overrides look like --train.learning_rate=1e-6"
             )
-    overrides = load_config_file(config_file) if config_file else {}
-    overrides.update(command_line)
+    from_file = read_config_file(config_file) if config_file else ConfigFile()
+    overrides = {**from_file.keys, **_translated(command_line, lambda key: f"--{key}")}
+    origins = {k: v for k, v in from_file.origins.items() if k not in command_line}
     return CommandLine(
         recipe=recipe,
         overrides=overrides,
         resume=resume,
         show_help=show_help,
         preset=preset,
+        origins=origins,
     )
+
+
+@final
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConfigFile:
+    """A config file's keys (TRL's names translated) and ``FILE:LINE`` of each
+    key it wrote as is."""
+
+    keys: dict[str, Any] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+def read_config_file(path: str | Path) -> ConfigFile:
+    """:func:`load_config_file` with TRL's names translated
+    (:mod:`mipo.training.trl_config`) and the line of every key."""
+    keys = load_config_file(path)
+    lines = _key_lines(Path(path))
+
+    def origin(key: str) -> str:
+        line = lines.get(key)
+        return f"{path}:{line}" if line else str(path)
+
+    translated = _translated(keys, lambda key: f"{origin(key)}: --{key}")
+    origins = {key: origin(key) for key in translated if key in keys}
+    return ConfigFile(keys=translated, origins=origins)
+
+
+def _translated(keys: dict[str, Any], where: Any) -> dict[str, Any]:
+    """``keys`` with TRL's settings as mipo keys; a warning per dropped key, and
+    errors, that start with ``where(key)`` (``FILE:LINE: --key`` or ``--key``)."""
+    from mipo.training.command import print_warning
+    from mipo.training.trl_config import TRLKeyError, translate
+
+    try:
+        return translate(keys, lambda key, text: print_warning(f"{where(key)} {text}"))
+    except TRLKeyError as error:
+        raise OverrideError(f"{where(error.key)}: {error.problem}") from None
+
+
+def check_file_keys(recipe: Recipe, command: CommandLine) -> None:
+    """Check each key the config file set on its own, so an error names the
+    file and line (``FILE:LINE: --key: ...``)."""
+    for key, origin in command.origins.items():
+        try:
+            split_overrides(recipe, {key: command.overrides[key]})
+        except ConfigError as error:
+            raise OverrideError(f"{origin}: {error}") from None
 
 
 def with_preset(
@@ -158,6 +213,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             flat[str(key)] = value
     return flat
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """The 1-based line of each key of a YAML config file (nested group keys as
+    ``group.key``); empty for JSON or a file that is not a mapping."""
+    if path.suffix == ".json":
+        return {}
+    import yaml
+
+    root = yaml.compose(path.read_text(encoding="utf-8-sig"))
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    lines: dict[str, int] = {}
+    for key, value in root.value:
+        lines[str(key.value)] = key.start_mark.line + 1
+        if key.value in GROUPS and isinstance(value, yaml.MappingNode):
+            for inner, _ in value.value:
+                lines[f"{key.value}.{inner.value}"] = inner.start_mark.line + 1
+    return lines
 
 
 def _parse_config(path: Path) -> Any:
@@ -306,15 +380,6 @@ def describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-TRL_NAMES = {
-    "per_device_train_batch_size": "batch_size",
-    "num_train_epochs": "epochs",
-    "lr_scheduler_type": "lr_schedule",
-    "model_name_or_path": "model",
-}
-"""TRL / transformers argument names and the TrainConfig field each one sets."""
-
-
 def qualify(key: str, known: dict[str, dict[str, Any]]) -> str:
     """A flat TRL-style key (``learning_rate``, ``beta``) as its dotted key when
     exactly one group has it; a dotted key as is."""
@@ -354,6 +419,9 @@ def split_overrides(
     train_changes: dict[str, Any] = {}
     objective_kwargs: dict[str, Any] = {}
     for raw_key, value in overrides.items():
+        if raw_key == "loss_type":  # TRL's: the recipe is the loss
+            _check_loss_type(value, recipe)
+            continue
         key = qualify(raw_key, known)
         group, _, name = key.partition(".")
         if group not in known or name not in known[group]:
@@ -362,6 +430,15 @@ def split_overrides(
         typed = convert(value, annotation, key)
         (train_changes if group == "train" else objective_kwargs)[name] = typed
     return train_changes, objective_kwargs
+
+
+def _check_loss_type(value: Any, recipe: Recipe) -> None:
+    from mipo.training.trl_config import TRLKeyError, check_loss_type
+
+    try:
+        check_loss_type(value, recipe.name)
+    except TRLKeyError as error:
+        raise OverrideError(f"--{error.key}: {error.problem}") from None
 
 
 def resolve(
@@ -425,7 +502,9 @@ __all__ = [
     "OverrideError",
     "convert",
     "help_text",
+    "check_file_keys",
     "load_config_file",
+    "read_config_file",
     "parse_command_line",
     "resolve",
     "split_overrides",

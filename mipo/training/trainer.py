@@ -24,7 +24,13 @@ from typing import Any, final
 
 from mipo.errors import TrainingInterrupted
 from mipo.training import checkpoint as checkpoints
-from mipo.training.cli import OverrideError, help_text, parse_command_line, with_preset
+from mipo.training.cli import (
+    OverrideError,
+    check_file_keys,
+    help_text,
+    parse_command_line,
+    with_preset,
+)
 from mipo.training.command import mark_run_time, run_command
 from mipo.training.evaluate import evaluate_run, evaluate_step
 from mipo.training.hub_files import write_hub_files
@@ -207,6 +213,8 @@ def _main(args: list[str]) -> None:
         recipe = load_recipe(command.recipe) if command.recipe else None
         print(help_text(recipe))
         return
+    if command.recipe and command.origins:
+        check_file_keys(load_recipe(command.recipe), command)
     overrides = command.overrides
     if command.preset is not None:
         recipe = load_recipe(command.recipe) if command.recipe else None

@@ -266,6 +266,7 @@ CASES: list[tuple[str, str, int, str, str]] = [
     ("resume-model-only", "train --resume {R}/model_only-run", 2, "was saved with --train.save_only_model=true and holds no optimiser state", ""),
     ("model-missing", "train dpo --train.model={D}/no_model", 2, "--train.model={D}/no_model: no such directory", ""),
     ("model-no-config", "train dpo --train.model={D}/model_without_config", 2, "has no config.json", ""),
+    ("model-hub-offline", "train dpo --train.model=someone/some-model", 2, "--train.model='someone/some-model': not a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE is set", ""),
     # --- data: refused before the model loads and before a run directory ---
     ("data-missing", "train dpo --train.dataset={D}/nope.jsonl", 2, "{D}/nope.jsonl", ""),
     ("data-folder", "train dpo --train.dataset={D}/folder", 2, "{D}/folder: is a folder, not a data file", ""),
@@ -586,3 +587,27 @@ def test_suspicious_data_is_warned_once_per_kind(
         f"{path}:13",
     ):
         assert sum(fragment in line for line in warnings) == 1, fragment
+
+
+def test_a_hub_model_in_the_local_cache_loads_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, a hub name resolves to its cached snapshot (a directory), so the
+    model loads without transformers' network retries."""
+    from huggingface_hub import constants
+
+    from mipo.training.models import resolve_model_path
+
+    snapshot = tmp_path / "models--someone--cached" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--someone--cached" / "refs").mkdir()
+    (tmp_path / "models--someone--cached" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model_path("someone/cached") == str(snapshot)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("mipo.data.datasets_io.hub_reachable", lambda: False)
+    assert resolve_model_path("someone/cached") == str(snapshot)
+    monkeypatch.setattr("mipo.data.datasets_io.hub_reachable", lambda: True)
+    assert resolve_model_path("someone/cached") == "someone/cached"

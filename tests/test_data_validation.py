@@ -1283,7 +1283,7 @@ def test_hub_names_fail_fast_and_in_one_line_offline(
 
     from mipo.data import datasets_io
 
-    monkeypatch.setattr(datasets_io, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: False)
     start = time.perf_counter()
     with pytest.raises(DataError) as info:
         load_records(
@@ -1311,7 +1311,7 @@ def test_hub_options_reach_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None
         seen.update(path=path, name=name, **kwargs)
         return datasets.Dataset.from_list([OK])
 
-    monkeypatch.setattr(datasets_io, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets_io, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     (record,) = load_records(
         "org/pairs?name=cfg&data_files=a.jsonl,b.jsonl", split="test", revision="r1"

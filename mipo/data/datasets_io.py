@@ -112,7 +112,9 @@ def dataset_rows(
         ) from None
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within a few
+    seconds (always true behind a proxy, which may reach what this cannot)."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
         return True  # a proxy may reach what a direct connection cannot
     from huggingface_hub import constants
@@ -169,7 +171,7 @@ def hub_rows(
     datasets = _datasets(name)
     split = split or "train"
     label = f"{name}[{split}]"
-    offline = _already_offline(datasets) or not _hub_reachable()
+    offline = _already_offline(datasets) or not hub_reachable()
     context = _offline_mode(datasets) if offline else contextlib.nullcontext()
     try:
         with context:
@@ -202,4 +204,11 @@ def list_rows(rows: Iterable[object], label: str) -> Iterator[Row]:
         yield f"{label}:{number}", row
 
 
-__all__ = ["dataset_rows", "hub_rows", "is_dataset", "list_rows", "load_from_disk"]
+__all__ = [
+    "dataset_rows",
+    "hub_reachable",
+    "hub_rows",
+    "is_dataset",
+    "list_rows",
+    "load_from_disk",
+]

@@ -57,12 +57,29 @@ def resolve_model_path(name: str) -> str:
                 f"Hugging Face model directory)"
             )
         return str(path)
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+    return _hub_model(name)
+
+
+def _hub_model(name: str) -> str:
+    """A hub model name as is when the hub can be reached; offline (or with
+    ``HF_HUB_OFFLINE`` set), its snapshot in the local Hugging Face cache; else
+    one clear error, at once rather than after transformers' retries."""
+    from mipo.data.datasets_io import hub_reachable
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    if not offline and hub_reachable():
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached, or not a valid repository name
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
         raise FileNotFoundError(
-            f"TrainConfig.model={name!r}: not a local directory, and HF_HUB_OFFLINE "
-            f"is set, so it cannot be fetched from the hub"
-        )
-    return name
+            f"TrainConfig.model={name!r}: not a local directory nor in the Hugging "
+            f"Face cache, and {why}; give a model directory, or 'smollm2' (the "
+            "shipped SmolLM2-135M-Instruct)"
+        ) from None
 
 
 def load_tokenizer(path: str) -> Any:

@@ -21,6 +21,7 @@ import inspect
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, final
@@ -30,7 +31,7 @@ from mipo.objective import Objective
 from mipo.training.config import TrainConfig
 from mipo.training.primitive_syntax import PrimitiveSyntaxError, parse_primitive
 from mipo.training.recipes import Recipe
-from mipo.training.trl_config import TRL_NAMES
+from mipo.training.trl_config import TRL_NAMES, TRLKeyError, check_loss_type, translate
 
 GROUPS = ("train", "objective")
 
@@ -144,11 +145,10 @@ def read_config_file(path: str | Path) -> ConfigFile:
     return ConfigFile(keys=translated, origins=origins)
 
 
-def _translated(keys: dict[str, Any], where: Any) -> dict[str, Any]:
+def _translated(keys: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
     """``keys`` with TRL's settings as mipo keys; a warning per dropped key, and
     errors, that start with ``where(key)`` (``FILE:LINE: --key`` or ``--key``)."""
     from mipo.training.command import print_warning
-    from mipo.training.trl_config import TRLKeyError, translate
 
     try:
         return translate(keys, lambda key, text: print_warning(f"{where(key)} {text}"))
@@ -433,8 +433,6 @@ def split_overrides(
 
 
 def _check_loss_type(value: Any, recipe: Recipe) -> None:
-    from mipo.training.trl_config import TRLKeyError, check_loss_type
-
     try:
         check_loss_type(value, recipe.name)
     except TRLKeyError as error:

@@ -110,16 +110,6 @@ def rank_share(count: int, accelerator: Any) -> tuple[range, int]:
     return range(start, min(start + share, count)), share
 
 
-__all__ = [
-    "any_process",
-    "average_gradients",
-    "gather_lists",
-    "rank_share",
-    "sum_reducer",
-    "world_size",
-]
-
-
 def leave_group_at_exit() -> None:
     """Destroy the default process group when this process exits, if it joined
     one (idempotent; registered once per process).
@@ -141,3 +131,14 @@ def _destroy_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+__all__ = [
+    "any_process",
+    "average_gradients",
+    "gather_lists",
+    "leave_group_at_exit",
+    "rank_share",
+    "sum_reducer",
+    "world_size",
+]

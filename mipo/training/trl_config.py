@@ -105,9 +105,9 @@ def translate(
     out = {k: v for k, v in keys.items() if k not in IGNORED}
     for key in IGNORED.keys() & keys.keys():
         note(key, f"ignored: {IGNORED[key]}")
-    for converter in (_precision, _reference, _lora, _optimizer, _strategies):
-        out = converter(out, note)
-    return _dataset(out)
+    for convert in (_precision, _reference, _optimizer, _dataset):
+        out = convert(out)
+    return _strategies(_lora(out, note), note)
 
 
 def check_loss_type(value: Any, recipe_name: str) -> None:
@@ -129,10 +129,7 @@ def check_loss_type(value: Any, recipe_name: str) -> None:
     )
 
 
-def _precision(
-    keys: dict[str, Any], note: Callable[[str, str], None]
-) -> dict[str, Any]:
-    del note
+def _precision(keys: dict[str, Any]) -> dict[str, Any]:
     if keys.pop("fp16", False) is True:
         raise TRLKeyError(
             "fp16",
@@ -144,10 +141,7 @@ def _precision(
     return keys
 
 
-def _reference(
-    keys: dict[str, Any], note: Callable[[str, str], None]
-) -> dict[str, Any]:
-    del note
+def _reference(keys: dict[str, Any]) -> dict[str, Any]:
     if "precompute_ref_log_probs" in keys:
         if _true(keys.pop("precompute_ref_log_probs"), "precompute_ref_log_probs"):
             keys["train.reference"] = "precomputed"
@@ -167,10 +161,7 @@ def _lora(keys: dict[str, Any], note: Callable[[str, str], None]) -> dict[str, A
     return keys
 
 
-def _optimizer(
-    keys: dict[str, Any], note: Callable[[str, str], None]
-) -> dict[str, Any]:
-    del note
+def _optimizer(keys: dict[str, Any]) -> dict[str, Any]:
     if "optim" in keys:
         name = str(keys.pop("optim"))
         if name not in OPTIMIZERS:
